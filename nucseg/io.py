@@ -1,0 +1,289 @@
+"""Files on disk: images, label maps, float maps, run records, atomic writes, batches.
+
+Every pipeline stage reads and writes through this module, so that the formats documented in
+docs/formats.md hold everywhere and bad input always fails the same way: one `InputError`
+naming the file and the problem.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import os
+import platform
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from nucseg._version import __version__
+
+IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+LABEL_EXTENSIONS = (".tif", ".tiff", ".png", ".npy")
+
+
+class InputError(Exception):
+    """A user-facing problem with an input file; the message names the file and the problem."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------
+def _read_array(path: Path) -> np.ndarray:
+    """Decode any supported raster; TIFFs via tifffile (exact dtypes), the rest via Pillow."""
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            try:
+                return tifffile.imread(path)
+            except Exception:  # e.g. a codec tifffile lacks: Pillow may still read it
+                pass
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's problem
+        raise InputError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
+
+
+def read_rgb(path) -> np.ndarray:
+    """An H&E tile as HxWx3 uint8; RGBA loses alpha with a warning, anything else is an error."""
+    path = Path(path)
+    image = _read_array(path)
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1):
+        raise InputError(path, "grayscale image; an RGB H&E image is required")
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise InputError(path, f"unsupported image shape {image.shape}; expected HxWx3 RGB")
+    if image.dtype != np.uint8:
+        raise InputError(path, f"unsupported pixel type {image.dtype}; expected 8-bit RGB")
+    if min(image.shape[:2]) < 2:
+        raise InputError(path, f"image is too small ({image.shape[0]}x{image.shape[1]} px)")
+    if image.shape[-1] == 4:
+        warnings.warn(f"{path}: RGBA image, alpha channel dropped", stacklevel=2)
+        image = image[..., :3]
+    return np.ascontiguousarray(image)
+
+
+def read_labels(path) -> np.ndarray:
+    """A 2-D instance label map (0 = background) as int32, or uint32 when ids need it."""
+    path = Path(path)
+    labels = _read_array(path)
+    if labels.ndim == 3 and labels.shape[-1] == 1:
+        labels = labels[..., 0]
+    if labels.ndim != 2:
+        raise InputError(path, f"label map must be 2-D, got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0):
+            labels = labels.astype(np.int64)
+        else:
+            raise InputError(path, f"label map must hold integers, got {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise InputError(path, "label map has negative ids")
+    if labels.size and labels.max() > np.iinfo(np.int32).max:
+        return labels.astype(np.uint32)
+    return labels.astype(np.int32, copy=False)
+
+
+def read_float_map(path) -> np.ndarray:
+    """A single-channel float map (hematoxylin, distance) as float32 HxW."""
+    path = Path(path)
+    data = _read_array(path)
+    if data.ndim == 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 2:
+        raise InputError(path, f"expected a single-channel map, got shape {data.shape}")
+    return data.astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """Yield a temporary name beside `path`; rename onto `path` only if the block succeeds.
+
+    A crash or an error never leaves a partial output under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix,
+                               dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def label_dtype(max_id: int) -> np.dtype:
+    """uint16 while ids fit (what most viewers expect), uint32 beyond 65535."""
+    return np.dtype(np.uint16) if max_id <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
+
+
+def write_labels(path, labels: np.ndarray) -> Path:
+    """Write an instance label map as a uint16 (or uint32) TIFF, atomically."""
+    import tifffile
+
+    labels = np.asarray(labels)
+    max_id = int(labels.max()) if labels.size else 0
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, labels.astype(label_dtype(max_id)), compression="zlib")
+    return Path(path)
+
+
+def write_float_map(path, data: np.ndarray) -> Path:
+    """Write a single-channel float32 TIFF, atomically."""
+    import tifffile
+
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, np.asarray(data, dtype=np.float32), compression="zlib")
+    return Path(path)
+
+
+def write_rgb(path, image: np.ndarray) -> Path:
+    """Write an RGB uint8 image (PNG/TIFF/JPEG by suffix), atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(
+            tmp, format=Image.registered_extensions()[path.suffix.lower()])
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# names, records, batches
+# ---------------------------------------------------------------------------------------------
+def output_path(outdir, input_path, suffix: str) -> Path:
+    """`<outdir>/<input stem><suffix>`, e.g. suffix '_hstain.tif'."""
+    return Path(outdir) / f"{Path(input_path).stem}{suffix}"
+
+
+def expand_inputs(paths: Iterable, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Files as given, directories expanded to their files with a known extension (sorted)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(f for f in p.iterdir()
+                                if f.is_file() and f.suffix.lower() in extensions))
+        else:
+            found.append(p)
+    return found
+
+
+def pair_by_stem(a_files: Sequence[Path], b_files: Sequence[Path],
+                 b_suffixes: Sequence[str] = ("",)) -> tuple[list[tuple[Path, Path]], list[Path],
+                                                             list[Path]]:
+    """Pair files whose stems match (a B stem may carry one of `b_suffixes`, e.g. '_labels').
+
+    Returns (pairs, unpaired a files, unpaired b files).
+    """
+    def key(f: Path) -> str:
+        stem = f.stem
+        for s in sorted(b_suffixes, key=len, reverse=True):
+            if s and stem.endswith(s):
+                return stem[: -len(s)]
+        return stem
+
+    b_by_stem = {key(f): f for f in b_files}
+    pairs, lonely_a = [], []
+    for f in a_files:
+        if f.stem in b_by_stem:
+            pairs.append((f, b_by_stem.pop(f.stem)))
+        else:
+            lonely_a.append(f)
+    return pairs, lonely_a, sorted(b_by_stem.values())
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_record(command: str, inputs: Iterable = (), options: dict | None = None,
+                checksums: bool = False, **extra) -> dict:
+    """What a run did, to be written beside its outputs: inputs, options, version, time."""
+    record = {
+        "command": command,
+        "nucseg_version": __version__,
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "argv": sys.argv[1:],
+        "inputs": [
+            {"path": str(p), "sha256": sha256(p)} if checksums else str(p) for p in inputs
+        ],
+        "options": _plain(options or {}),
+    }
+    record.update(_plain(extra))
+    return record
+
+
+def write_record(path, record: dict) -> Path:
+    """Write a run record as YAML (or JSON when the name ends in .json), atomically."""
+    import json
+
+    import yaml
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            if path.suffix == ".json":
+                json.dump(_plain(record), fh, indent=1)
+            else:
+                yaml.safe_dump(_plain(record), fh, sort_keys=False)
+    return path
+
+
+def _plain(value):
+    """Convert numpy scalars, paths and tuples to YAML/JSON-safe builtins."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def run_batch(items: Sequence, work: Callable, desc: str = "", progress: bool = True) -> list[str]:
+    """Apply `work` to each item with a progress bar; a bad item is reported, not fatal.
+
+    Returns the error lines of the items that failed (empty when all succeeded).
+    """
+    from tqdm import tqdm
+
+    failures = []
+    for item in tqdm(items, desc=desc, unit="file", disable=not progress or len(items) < 2,
+                     file=sys.stderr):
+        try:
+            work(item)
+        except InputError as exc:
+            failures.append(str(exc))
+            tqdm.write(f"error: {exc}", file=sys.stderr)
+    return failures
