@@ -54,3 +54,13 @@ def main():
 
 # Commands are added below, one small function each (keep this file thin).
 # --- commands ---
+
+@main.group("distance")
+def distance():
+    """Distance maps: from label maps (ground truth) or predicted by a U-Net."""
+
+
+@main.group("import")
+def import_group():
+    """Convert public data sets' annotations into nucseg label maps."""
+
