@@ -1,0 +1,154 @@
+"""One ensemble member's raw detections on one image, and its .npz file.
+
+A member is one (model, TTA transform) pair. Its detections are already mapped back to the
+original image frame, so members from different models, views or machines merge directly.
+
+Soft masks are kept at 8-bit precision (value / 255) from the moment a member is made, so a
+member merged in memory and the same member written to .npz and read back are bit-identical:
+`nucseg merge` on saved members gives exactly what `nucseg predict` merges itself.
+
+File format (`save_member`, numpy .npz, no pickled objects):
+    format        int, 1
+    rois          (N, 4) int32 [y1, x1, y2, x2], original-image pixels, exclusive ends
+    scores        (N,) float32
+    class_ids     (N,) int32
+    mask_data     (sum of box areas,) uint8: each box's soft mask (0-255), row-major,
+                  concatenated in detection order; mask i has shape (y2 - y1, x2 - x1)
+    image_shape   (2,) int64 (H, W)
+    model         str, the model's name or path
+    transform     str, the TTA view ("identity", "hflip", "vflip", "hsv", ...)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+def quantize_mask(mask: np.ndarray) -> np.ndarray:
+    """Soft probabilities rounded to the 256 levels a member file stores (float32)."""
+    q = np.rint(np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0) * 255.0)
+    return q.astype(np.uint8).astype(np.float32) / np.float32(255.0)
+
+
+def _mask_bytes(mask: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(mask, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+@dataclass
+class Member:
+    """Detections of one (model, transform) pair in original-image coordinates."""
+
+    rois: np.ndarray                      # (N, 4) int32
+    scores: np.ndarray                    # (N,) float32
+    class_ids: np.ndarray                 # (N,) int32
+    masks: list                           # N float32 arrays, shape (y2 - y1, x2 - x1)
+    image_shape: tuple                    # (H, W)
+    model: str = ""
+    transform: str = "identity"
+    extra: dict = field(default_factory=dict)  # provenance not stored in the file (e.g. splits)
+
+    def __post_init__(self):
+        self.rois = np.asarray(self.rois, dtype=np.int32).reshape(-1, 4)
+        n = len(self.rois)
+        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(n)
+        self.class_ids = np.asarray(self.class_ids, dtype=np.int32).reshape(n)
+        self.image_shape = (int(self.image_shape[0]), int(self.image_shape[1]))
+        if len(self.masks) != n:
+            raise ValueError(f"member has {n} boxes but {len(self.masks)} masks")
+        for i, (m, (y1, x1, y2, x2)) in enumerate(zip(self.masks, self.rois)):
+            if np.shape(m) != (y2 - y1, x2 - x1):
+                raise ValueError(f"mask {i} has shape {np.shape(m)}, box {y1, x1, y2, x2} "
+                                 f"needs {(y2 - y1, x2 - x1)}")
+
+    def __len__(self) -> int:
+        return len(self.rois)
+
+    @classmethod
+    def from_detection(cls, result: dict, image_shape, model: str = "",
+                       transform: str = "identity") -> "Member":
+        """Build from a `MaskRCNN.detect()` result dict; masks are quantised to 8 bits."""
+        rois = np.asarray(result["rois"], dtype=np.int32).reshape(-1, 4)
+        masks = [quantize_mask(m) for m in result["masks"]]
+        return cls(rois, result["scores"], result["class_ids"], masks, tuple(image_shape)[:2],
+                   model, transform)
+
+    @classmethod
+    def empty(cls, image_shape, model: str = "", transform: str = "identity") -> "Member":
+        return cls(np.zeros((0, 4), np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32),
+                   [], image_shape, model, transform)
+
+    def subset(self, keep) -> "Member":
+        """The detections selected by an index array or boolean mask."""
+        idx = np.arange(len(self))[keep]
+        return Member(self.rois[idx], self.scores[idx], self.class_ids[idx],
+                      [self.masks[i] for i in idx], self.image_shape, self.model,
+                      self.transform, dict(self.extra))
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}:{self.transform}"
+
+
+def save_member(path, member: Member) -> Path:
+    """Write a member to .npz atomically (masks as uint8 0-255)."""
+    from nucseg.io import atomic_path
+
+    path = Path(path)
+    data = (np.concatenate([_mask_bytes(m).ravel() for m in member.masks])
+            if len(member) else np.zeros(0, np.uint8))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(
+                fh, format=np.int64(FORMAT_VERSION), rois=member.rois, scores=member.scores,
+                class_ids=member.class_ids, mask_data=data,
+                image_shape=np.asarray(member.image_shape, np.int64),
+                model=np.str_(member.model), transform=np.str_(member.transform))
+    return path
+
+
+def load_member(path) -> Member:
+    """Read a member .npz; a malformed file raises InputError naming it."""
+    from nucseg.io import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            need = {"rois", "scores", "class_ids", "mask_data", "image_shape"}
+            if not need <= keys:
+                raise InputError(path, f"not a member file (missing {sorted(need - keys)})")
+            version = int(z["format"]) if "format" in keys else FORMAT_VERSION
+            if version > FORMAT_VERSION:
+                raise InputError(path, f"member format {version} is newer than this nucseg "
+                                       f"reads ({FORMAT_VERSION})")
+            rois = z["rois"].astype(np.int32).reshape(-1, 4)
+            data = z["mask_data"]
+            fields = (z["scores"], z["class_ids"], tuple(z["image_shape"].tolist()),
+                      str(z["model"]) if "model" in keys else path.stem,
+                      str(z["transform"]) if "transform" in keys else "identity")
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt archive is the file's problem
+        raise InputError(path, f"cannot read member file ({type(exc).__name__}: {exc})") \
+            from None
+    heights, widths = rois[:, 2] - rois[:, 0], rois[:, 3] - rois[:, 1]
+    if np.any(heights < 0) or np.any(widths < 0):
+        raise InputError(path, "member file has a box with negative size")
+    sizes = heights.astype(np.int64) * widths
+    if data.dtype != np.uint8 or data.size != int(sizes.sum()):
+        raise InputError(path, f"mask data holds {data.size} values, boxes need "
+                               f"{int(sizes.sum())}")
+    ends = np.cumsum(sizes)
+    scale = np.float32(255.0)
+    masks = [(data[e - s:e].astype(np.float32) / scale).reshape(h, w)
+             for s, e, h, w in zip(sizes, ends, heights, widths)]
+    try:
+        return Member(rois, fields[0], fields[1], masks, fields[2], fields[3], fields[4])
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from None
