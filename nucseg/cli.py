@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import click
 
@@ -63,4 +64,126 @@ def distance():
 @main.group("import")
 def import_group():
     """Convert public data sets' annotations into nucseg label maps."""
+
+
+@main.command("hstain")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
+              help="Directory for <stem>_hstain.tif and hstain_record.yaml.")
+@click.option("--stain-matrix", type=click.Path(dir_okay=False),
+              help="3x3 text/CSV file: rows H, E, third stain; columns R, G, B optical density "
+                   "(default: Ruifrok-Johnston H&E-DAB, as scikit-image).")
+@friendly_errors
+def hstain(images, outdir, stain_matrix):
+    """Hematoxylin optical density of RGB tiles (Ruifrok-Johnston colour deconvolution).
+
+    IMAGES are files or directories of RGB TIFF/PNG/JPEG tiles. Writes float32 TIFFs equal to
+    scikit-image's rgb2hed(image)[..., 0].
+
+    \b
+    Example:
+      nucseg hstain examples/monuseg_crop.png -o out/
+      nucseg hstain tiles/ -o out/ --stain-matrix my_stains.csv
+    """
+    from nucseg.io import expand_inputs, make_record, run_batch, write_record
+    from nucseg.stain import hstain_file, read_stain_matrix
+
+    stains = read_stain_matrix(stain_matrix) if stain_matrix else None
+    files = _require_inputs(expand_inputs(images), "images")
+    written = []
+    failures = run_batch(files, lambda f: written.append(hstain_file(f, outdir, stains)),
+                         desc="hstain")
+    write_record(Path(outdir) / "hstain_record.yaml", make_record(
+        "hstain", files, {"outdir": outdir, "stain_matrix": stain_matrix},
+        stain_vectors=stains if stains is not None else "ruifrok-johnston (skimage rgb2hed)",
+        outputs=written, failures=failures))
+    click.echo(f"wrote {len(written)} hematoxylin map(s) to {outdir}")
+    finish_batch(failures, len(files))
+
+
+@distance.command("labels")
+@click.argument("labels", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
+              help="Directory for <stem>_dist.tif and distance_labels_record.yaml.")
+@friendly_errors
+def distance_labels(labels, outdir):
+    """Per-nucleus Euclidean distance maps from instance label maps (the training channel).
+
+    Each nucleus pixel gets its distance to the nearest pixel outside that nucleus, so touching
+    nuclei stay apart. A trailing "_labels" in the input stem is dropped from the output name.
+
+    \b
+    Example:
+      nucseg distance labels examples/monuseg_crop_labels.png -o out/
+      nucseg distance labels labels_dir/ -o dist_dir/
+    """
+    from nucseg.distance import distance_file
+    from nucseg.io import LABEL_EXTENSIONS, expand_inputs, make_record, run_batch, write_record
+
+    files = _require_inputs(expand_inputs(labels, LABEL_EXTENSIONS), "label maps")
+    written = []
+    failures = run_batch(files, lambda f: written.append(distance_file(f, outdir)),
+                         desc="distance")
+    write_record(Path(outdir) / "distance_labels_record.yaml", make_record(
+        "distance labels", files, {"outdir": outdir}, outputs=written, failures=failures))
+    click.echo(f"wrote {len(written)} distance map(s) to {outdir}")
+    finish_batch(failures, len(files))
+
+
+@import_group.command("monuseg")
+@click.argument("xml_files", metavar="XML...", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
+              help="Directory for <stem>_labels.tif and import_monuseg_record.yaml.")
+@click.option("--images", "images_dir", type=click.Path(file_okay=False, exists=True),
+              help="Directory of the tiles: each label map takes the size of the tile with the "
+                   "XML file's stem.")
+@click.option("--size", default="1000x1000", show_default=True,
+              help="HEIGHTxWIDTH of the label maps when --images is not given.")
+@friendly_errors
+def import_monuseg(xml_files, outdir, images_dir, size):
+    """MoNuSeg / Aperio XML polygon annotations -> instance label maps (uint16 TIFF).
+
+    Vertices are 1-based (shifted by -1 px before filling); ids 1..N follow the file order;
+    where polygons overlap the first region keeps the pixel; regions with fewer than 3
+    vertices are skipped and counted.
+
+    \b
+    Example:
+      nucseg import monuseg annotations/*.xml --images images/ -o labels/
+    """
+    from nucseg.data.monuseg import import_monuseg_file, parse_size
+    from nucseg.io import expand_inputs, make_record, run_batch, write_record
+
+    shape = parse_size(size)
+    files = _require_inputs(expand_inputs(xml_files, (".xml",)), "XML files")
+    summary = []
+
+    def work(xml_path):
+        out, result = import_monuseg_file(xml_path, outdir, images_dir, shape)
+        summary.append({"input": xml_path, "output": out, "regions": result.n_regions,
+                        "nuclei": result.n_nuclei,
+                        "skipped_fewer_than_3_vertices": result.skipped_few_vertices,
+                        "hidden_by_earlier_regions": len(result.empty_regions)})
+
+    failures = run_batch(files, work, desc="import")
+    write_record(Path(outdir) / "import_monuseg_record.yaml", make_record(
+        "import monuseg", files, {"outdir": outdir, "images": images_dir, "size": size},
+        files=summary, failures=failures))
+    for item in summary:
+        notes = ""
+        if item["skipped_fewer_than_3_vertices"] or item["hidden_by_earlier_regions"]:
+            notes = (f" ({item['skipped_fewer_than_3_vertices']} region(s) with < 3 vertices "
+                     f"skipped, {item['hidden_by_earlier_regions']} hidden by earlier regions)")
+        click.echo(f"{Path(item['output']).name}: {item['nuclei']} nuclei{notes}")
+    skipped = sum(item["skipped_fewer_than_3_vertices"] for item in summary)
+    click.echo(f"wrote {len(summary)} label map(s) to {outdir}; "
+               f"{skipped} region(s) with < 3 vertices skipped")
+    finish_batch(failures, len(files))
+
+
+def _require_inputs(files, what: str):
+    """The expanded input list, or a clear error when a directory held nothing usable."""
+    if not files:
+        raise ValueError(f"no {what} found in the given paths")
+    return files
 

@@ -61,3 +61,21 @@ def scale_to_uint8_range(data: np.ndarray) -> np.ndarray:
 def distance_model_channel(dist: np.ndarray) -> np.ndarray:
     """The uint8 distance channel of the 5-channel Mask R-CNN+ input (see scale_to_uint8_range)."""
     return scale_to_uint8_range(dist)
+
+
+def distance_output_name(labels_path) -> str:
+    """`<stem>_dist.tif`, with a trailing `_labels` dropped so the name pairs with the image."""
+    from pathlib import Path
+
+    stem = Path(labels_path).stem
+    return f"{stem.removesuffix('_labels') or stem}_dist.tif"
+
+
+def distance_file(labels_path, outdir):
+    """Read one label map, write its distance map into `outdir`; returns the output path."""
+    from pathlib import Path
+
+    from nucseg.io import read_labels, write_float_map
+
+    dist = label_distance_map(read_labels(labels_path))
+    return write_float_map(Path(outdir) / distance_output_name(labels_path), dist)

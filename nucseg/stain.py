@@ -106,3 +106,11 @@ def hematoxylin_model_channel(h: np.ndarray) -> np.ndarray:
     from nucseg.distance import scale_to_uint8_range
 
     return scale_to_uint8_range(h)
+
+
+def hstain_file(image_path, outdir, stain_matrix: np.ndarray | None = None) -> Path:
+    """Read one RGB tile, write `<outdir>/<stem>_hstain.tif` (float32); returns the path."""
+    from nucseg.io import output_path, read_rgb, write_float_map
+
+    h = hematoxylin(read_rgb(image_path), stain_matrix)
+    return write_float_map(output_path(outdir, image_path, "_hstain.tif"), h)

@@ -97,3 +97,28 @@ def _image_size(path: Path) -> tuple[int, int]:
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's problem
         raise InputError(path, f"cannot read image size ({type(exc).__name__})") from None
     return height, width
+
+
+def import_monuseg_file(xml_path, outdir, images_dir=None,
+                        shape: tuple[int, int] = DEFAULT_SHAPE) -> tuple[Path, ImportResult]:
+    """Rasterise one XML file to `<outdir>/<stem>_labels.tif` (uint16/uint32)."""
+    from nucseg.io import output_path, write_labels
+
+    if images_dir is not None:
+        shape = image_shape_for(xml_path, images_dir)
+    result = import_monuseg_xml(xml_path, shape)
+    return write_labels(output_path(outdir, xml_path, "_labels.tif"), result.labels), result
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1000x800' (height x width) or '1000' (square) -> (1000, 800)."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"size {text!r}: expected HEIGHTxWIDTH, e.g. 1000x1000") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 1:
+        raise ValueError(f"size {text!r}: expected two positive numbers, e.g. 1000x1000")
+    return values[0], values[1]
