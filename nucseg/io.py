@@ -128,10 +128,19 @@ def atomic_path(path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists():  # mkstemp makes files 0600; give outputs the usual umask-based mode
+            os.chmod(tmp, _new_file_mode())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _new_file_mode() -> int:
+    """The mode open() would give a new file: 0666 minus the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def label_dtype(max_id: int) -> np.dtype:
