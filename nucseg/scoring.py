@@ -1,0 +1,211 @@
+"""Score predicted label maps against ground truth: file pairing, per-image scores, means.
+
+`score_directories` is what `nucseg score` runs: it pairs ground-truth and predicted label maps
+by image name, scores each pair with `nucseg.metrics.score_pair`, and summarises the results
+as a plain dict (the JSON output). With a metadata table (columns ``id``, ``organ``) it adds
+per-organ means and the seen/unseen organ groups used to report generalisation to organs the
+model never saw in training. Rendering to table/CSV text lives in `nucseg.score_formats`.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from nucseg.io import LABEL_EXTENSIONS, InputError, read_labels
+from nucseg.metrics import COUNT_NAMES, METRIC_NAMES, score_pair
+
+#: Name endings dropped to find the image a label map belongs to (`<stem>_labels.tif`).
+LABEL_SUFFIXES = ("_labels",)
+#: The MoNuSeg 2018 training organs (Kumar et al.): the "seen" group unless told otherwise.
+DEFAULT_SEEN_ORGANS = ("breast", "kidney", "liver", "prostate")
+
+
+@dataclass(frozen=True)
+class LabelPair:
+    image: str
+    gt: Path
+    pred: Path
+
+
+# ---------------------------------------------------------------------------------------------
+# pairing
+# ---------------------------------------------------------------------------------------------
+def image_name(path) -> str:
+    """The image a label map belongs to: its stem without a trailing ``_labels``."""
+    stem = Path(path).stem
+    for suffix in LABEL_SUFFIXES:
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def _index_label_files(root: Path, role: str) -> dict[str, Path]:
+    if root.is_dir():
+        files = sorted(f for f in root.iterdir()
+                       if f.is_file() and f.suffix.lower() in LABEL_EXTENSIONS)
+        if not files:
+            raise InputError(root, f"no {role} label maps (*{', *'.join(LABEL_EXTENSIONS)})")
+    elif root.is_file():
+        files = [root]
+    else:
+        raise InputError(root, "file or directory not found")
+    index: dict[str, Path] = {}
+    for f in files:
+        name = image_name(f)
+        if name in index:
+            raise InputError(root, f"two {role} label maps for image '{name}': "
+                                   f"{index[name].name} and {f.name}")
+        index[name] = f
+    return index
+
+
+def pair_label_files(gt, pred) -> list[LabelPair]:
+    """Pair ground-truth and predicted label maps (files or directories) by image name.
+
+    Two single files are paired whatever their names. Otherwise every map must find its
+    partner; the error lists all that did not.
+    """
+    gt, pred = Path(gt), Path(pred)
+    gt_index = _index_label_files(gt, "ground-truth")
+    pred_index = _index_label_files(pred, "predicted")
+    if gt.is_file() and pred.is_file():
+        (name, gt_file), = gt_index.items()
+        return [LabelPair(name, gt_file, pred)]
+    lonely_gt = sorted(set(gt_index) - set(pred_index))
+    lonely_pred = sorted(set(pred_index) - set(gt_index))
+    if lonely_gt or lonely_pred:
+        parts = []
+        if lonely_gt:
+            parts.append(f"ground truth without prediction in {pred}: "
+                         + ", ".join(gt_index[n].name for n in lonely_gt))
+        if lonely_pred:
+            parts.append(f"predictions without ground truth in {gt}: "
+                         + ", ".join(pred_index[n].name for n in lonely_pred))
+        raise ValueError("unpaired label maps: " + "; ".join(parts))
+    return [LabelPair(name, gt_index[name], pred_index[name]) for name in sorted(gt_index)]
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring
+# ---------------------------------------------------------------------------------------------
+def score_files(pair: LabelPair) -> dict:
+    """One per-image row: ``{"image": name, <metrics>, "n_true", "n_pred"}``."""
+    gt = read_labels(pair.gt)
+    pred = read_labels(pair.pred)
+    if gt.shape != pred.shape:
+        raise InputError(pair.pred, f"size {pred.shape[0]}x{pred.shape[1]} differs from the "
+                                    f"ground truth {pair.gt} ({gt.shape[0]}x{gt.shape[1]})")
+    return {"image": pair.image, **score_pair(gt, pred)}
+
+
+def score_pairs(pairs: Sequence[LabelPair], progress: bool = True) -> tuple[list[dict],
+                                                                              list[str]]:
+    """Score every pair; a bad file is recorded as one error line and the others go on."""
+    from tqdm import tqdm
+
+    rows, failures = [], []
+    for pair in tqdm(pairs, desc="score", unit="image", file=sys.stderr,
+                     disable=not progress or len(pairs) < 2):
+        try:
+            rows.append(score_files(pair))
+        except InputError as exc:
+            failures.append(str(exc))
+    return rows, failures
+
+
+def mean_scores(rows: Iterable[dict]) -> dict:
+    """Mean of every metric and count over images; images where a metric is undefined
+    (both maps empty) are left out of that metric's mean (None if no image defines it)."""
+    rows = list(rows)
+    means = {}
+    for key in METRIC_NAMES + COUNT_NAMES:
+        values = [row[key] for row in rows if row.get(key) is not None]
+        means[key] = sum(values) / len(values) if values else None
+    return means
+
+
+def summarize(rows: list[dict], organs: dict[str, str] | None = None,
+              seen_organs: Sequence[str] | None = None) -> dict:
+    """The JSON result: per-image rows, their mean, and (given organs) organ/group means.
+
+    `organs` maps image name -> organ; `seen_organs` names the organs the model trained on
+    (default `DEFAULT_SEEN_ORGANS`); every other organ is "unseen".
+    """
+    result = {"per_image": rows, "mean": mean_scores(rows), "n_images": len(rows)}
+    if organs is None:
+        return result
+    seen = {o.strip().lower() for o in (seen_organs or DEFAULT_SEEN_ORGANS)}
+    by_organ: dict[str, list[dict]] = {}
+    for row in rows:
+        row["organ"] = organs[row["image"]]
+        row["group"] = "seen" if row["organ"] in seen else "unseen"
+        by_organ.setdefault(row["organ"], []).append(row)
+    result["per_organ"] = {organ: {"n_images": len(members), "mean": mean_scores(members)}
+                           for organ, members in sorted(by_organ.items())}
+    result["groups"] = {}
+    for group in ("seen", "unseen"):
+        members = [row for row in rows if row["group"] == group]
+        result["groups"][group] = {
+            "organs": sorted({row["organ"] for row in members}),
+            "n_images": len(members),
+            "mean": mean_scores(members),
+        }
+    return result
+
+
+def read_metadata(path, images: Iterable[str]) -> dict[str, str]:
+    """Image name -> organ (lower case) from a CSV with columns ``id`` and ``organ``.
+
+    MoNuSeg's metadata.csv works as it is; extra columns and rows are ignored, but every
+    scored image must have a row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "metadata file not found")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            fields = [f.strip() for f in reader.fieldnames or []]
+            if "id" not in fields or "organ" not in fields:
+                raise InputError(path, f"metadata needs columns 'id' and 'organ', found "
+                                       f"{', '.join(fields) or 'none'}")
+            organs = {}
+            for row in reader:
+                row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+                if row["id"]:
+                    organs[image_name(row["id"])] = row["organ"].lower() or "unknown"
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(path, f"cannot read metadata CSV ({exc})") from None
+    missing = sorted(set(images) - set(organs))
+    if missing:
+        raise InputError(path, f"no organ for {len(missing)} scored image(s): "
+                               + ", ".join(missing))
+    return {name: organs[name] for name in images}
+
+
+def check_seen_organs(seen_organs: Sequence[str], organs: dict[str, str], metadata) -> None:
+    """A named seen organ that no scored image has is most likely a typo: say so."""
+    present = set(organs.values())
+    unknown = sorted({o.strip().lower() for o in seen_organs} - present)
+    if unknown:
+        raise ValueError(f"seen organ(s) {', '.join(unknown)} not among the scored images' "
+                         f"organs in {metadata} ({', '.join(sorted(present))})")
+
+
+def score_directories(gt, pred, metadata=None, seen_organs: Sequence[str] | None = None,
+                      progress: bool = True) -> tuple[dict, list[str]]:
+    """Pair, score and summarise; returns (result dict, error lines of unreadable files).
+
+    Pairing and metadata problems raise before any scoring is done.
+    """
+    pairs = pair_label_files(gt, pred)
+    organs = read_metadata(metadata, [p.image for p in pairs]) if metadata else None
+    if organs is not None and seen_organs:
+        check_seen_organs(seen_organs, organs, metadata)
+    rows, failures = score_pairs(pairs, progress=progress)
+    if organs is not None:
+        organs = {name: organs[name] for name in (row["image"] for row in rows)}
+    return summarize(rows, organs, seen_organs), failures
