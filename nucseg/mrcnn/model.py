@@ -1,0 +1,172 @@
+"""MaskRCNN: wires the components into Matterport's inference graph; detect, load, save.
+
+The graph is Matterport's (same layer names, weight names and shapes, same outputs
+[detections, mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, rpn_class, rpn_bbox]) except that
+the heads fold the ROI axis into the batch axis instead of using TimeDistributed. Inference
+runs as one tf.function per molded input shape with jit_compile=False (XLA has no
+CropAndResize kernel).
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers as KL
+
+from nucseg.mrcnn.anchors import get_anchors
+from nucseg.mrcnn.backbone import build_resnet_backbone
+from nucseg.mrcnn.config import Config
+from nucseg.mrcnn.detection import DetectionLayer
+from nucseg.mrcnn.fpn import build_fpn
+from nucseg.mrcnn.heads import fpn_classifier_head, fpn_mask_head
+from nucseg.mrcnn.proposals import ProposalLayer
+from nucseg.mrcnn.rpn import apply_rpn
+
+OUTPUT_NAMES = ("detections", "mrcnn_class", "mrcnn_bbox", "mrcnn_mask", "rpn_rois",
+                "rpn_class", "rpn_bbox")
+
+
+@keras.saving.register_keras_serializable(package="nucseg")
+class DetectionBoxes(KL.Layer):
+    """Detection rows [y1, x1, y2, x2, class, score] -> boxes (the mask head's ROIs)."""
+
+    def call(self, detections):
+        return detections[..., :4]
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (4,)
+
+
+def build_inference_model(config: Config) -> keras.Model:
+    """Matterport's inference graph as a functional Keras model named 'mask_rcnn'."""
+    input_image = keras.Input(shape=[None, None, config.IMAGE_CHANNEL_COUNT], name="input_image")
+    input_image_meta = keras.Input(shape=[config.IMAGE_META_SIZE], name="input_image_meta")
+    input_anchors = keras.Input(shape=[None, 4], name="input_anchors")
+
+    _, c2, c3, c4, c5 = build_resnet_backbone(input_image, config, train_bn=config.TRAIN_BN)
+    rpn_feature_maps, mrcnn_feature_maps = build_fpn(c2, c3, c4, c5,
+                                                     config.TOP_DOWN_PYRAMID_SIZE)
+    _, rpn_class, rpn_bbox = apply_rpn(rpn_feature_maps, config)
+    rpn_rois = ProposalLayer(proposal_count=config.POST_NMS_ROIS_INFERENCE,
+                             nms_threshold=config.RPN_NMS_THRESHOLD, name="ROI",
+                             config=config)([rpn_class, rpn_bbox, input_anchors])
+    _, mrcnn_class, mrcnn_bbox = fpn_classifier_head(
+        rpn_rois, mrcnn_feature_maps, input_image_meta, config, train_bn=config.TRAIN_BN)
+    detections = DetectionLayer(config, name="mrcnn_detection")(
+        [rpn_rois, mrcnn_class, mrcnn_bbox, input_image_meta])
+    detection_boxes = DetectionBoxes(name="detection_boxes")(detections)
+    mrcnn_mask = fpn_mask_head(detection_boxes, mrcnn_feature_maps, input_image_meta, config,
+                               train_bn=config.TRAIN_BN)
+    return keras.Model([input_image, input_image_meta, input_anchors],
+                       [detections, mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, rpn_class,
+                        rpn_bbox], name="mask_rcnn")
+
+
+class MaskRCNN:
+    """Matterport-shaped API: MaskRCNN(config).detect(images) -> list of dicts."""
+
+    def __init__(self, config: Config, mode: str = "inference", model_dir=None):
+        if mode != "inference":
+            raise ValueError(f"MaskRCNN builds the inference graph (mode='inference'); got "
+                             f"mode={mode!r}. Training uses nucseg.mrcnn.training.")
+        if not isinstance(config, Config):
+            raise ValueError(f"config must be a nucseg.mrcnn.Config, got {type(config).__name__}")
+        config.validate()
+        self.config = config
+        self.mode = mode
+        self.model_dir = model_dir
+        self.keras_model = build_inference_model(config)
+        self._runners: dict = {}
+
+    # --------------------------------------------------------------------------- weights
+    def load_weights(self, filepath, by_name: bool = True, exclude=(), skip_mismatch=False):
+        """Load a Matterport/Keras 2 HDF5 file by layer name; returns a LoadReport."""
+        from nucseg.mrcnn.weights import load_weights
+
+        return load_weights(self.keras_model, filepath, by_name=by_name,
+                            exclude=tuple(exclude or ()), skip_mismatch=skip_mismatch)
+
+    def save_weights(self, filepath):
+        """Write the weights in Matterport's HDF5 layout (readable by Matterport code)."""
+        from nucseg.mrcnn.weights import save_weights
+
+        return save_weights(self.keras_model, filepath)
+
+    def weighted_layers(self) -> list[tuple[str, list[tuple[str, tuple]]]]:
+        """[(layer name, [(Matterport weight name, shape)])] for layers with weights, in
+        Matterport's file order."""
+        from nucseg.mrcnn.weights import model_weight_shapes
+
+        return [(layer, weights) for layer, weights in model_weight_shapes(self.keras_model)
+                if weights]
+
+    def count_params(self) -> int:
+        return int(self.keras_model.count_params())
+
+    def count_trainable_params(self) -> int:
+        return int(sum(np.prod(v.shape) for v in self.keras_model.trainable_weights))
+
+    # --------------------------------------------------------------------------- inference
+    def _runner(self, shape):
+        """One compiled graph per molded input shape (batch, H, W, C)."""
+        key = tuple(int(s) for s in shape)
+        runner = self._runners.get(key)
+        if runner is None:
+            model = self.keras_model
+
+            @tf.function(jit_compile=False, reduce_retracing=False)
+            def runner(images, metas, anchors):
+                return model([images, metas, anchors], training=False)
+
+            self._runners[key] = runner
+        return runner
+
+    def run_graph(self, molded_images, image_metas, anchors=None) -> dict:
+        """Raw model outputs (NumPy) for molded inputs; anchors default to the cached ones."""
+        molded_images = np.asarray(molded_images, dtype=np.float32)
+        image_metas = np.asarray(image_metas, dtype=np.float32)
+        if anchors is None:
+            anchors = get_anchors(self.config, molded_images.shape[1:3])
+        anchors = np.asarray(anchors, dtype=np.float32)
+        if anchors.ndim == 2:
+            anchors = np.broadcast_to(anchors, (molded_images.shape[0],) + anchors.shape)
+        outputs = self._runner(molded_images.shape)(
+            tf.constant(molded_images), tf.constant(image_metas), tf.constant(anchors))
+        return {name: out.numpy() for name, out in zip(OUTPUT_NAMES, outputs)}
+
+    def detect(self, images, verbose: int = 0) -> list[dict]:
+        """Detect instances in a list of images (H, W, IMAGE_CHANNEL_COUNT).
+
+        Returns one dict per image: rois (N, 4) int32 [y1, x1, y2, x2] in original pixels,
+        class_ids (N,), scores (N,), masks (N soft masks cropped to their boxes) and labels
+        (H, W) instance map. Unlike Matterport, any number of images is accepted: they run in
+        groups of BATCH_SIZE (the last group padded by repeating its last image).
+        """
+        from nucseg.mrcnn.molding import mold_inputs, unmold_detections
+
+        images = list(images)
+        if not images:
+            return []
+        for i, image in enumerate(images):
+            if np.ndim(image) != 3 or np.shape(image)[2] != self.config.IMAGE_CHANNEL_COUNT:
+                raise ValueError(f"image {i} has shape {np.shape(image)}; expected (H, W, "
+                                 f"{self.config.IMAGE_CHANNEL_COUNT}) for "
+                                 f"IMAGE_CHANNEL_COUNT={self.config.IMAGE_CHANNEL_COUNT}")
+        batch = self.config.BATCH_SIZE
+        results = []
+        for start in range(0, len(images), batch):
+            group = images[start:start + batch]
+            padded = group + [group[-1]] * (batch - len(group))
+            molded, metas, windows = mold_inputs(padded, self.config)
+            if verbose:
+                print(f"detect: images {start}..{start + len(group) - 1}, molded "
+                      f"{molded.shape}")
+            outputs = self.run_graph(molded, metas)
+            for i, image in enumerate(group):
+                results.append(unmold_detections(
+                    outputs["detections"][i], outputs["mrcnn_mask"][i], image.shape,
+                    molded[i].shape, windows[i], self.config))
+        return results
+
+    def __repr__(self) -> str:
+        return f"MaskRCNN({self.config!r}, params={self.count_params():,})"
