@@ -1,6 +1,6 @@
 """Benchmark: per-instance distance map of a 1000x1000 MoNuSeg label map with ~700+ nuclei.
 
-    python bench/distance.py [--repeats 5]
+    python bench/distance.py [--repeats 9]
 """
 import argparse
 import sys
