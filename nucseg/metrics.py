@@ -240,17 +240,25 @@ def aji_plus(gt, pred=None) -> float | None:
 def _max_iou_assignment(t: Overlap, weights: np.ndarray) -> np.ndarray:
     """Indices of the overlapping pairs a maximum-weight one-to-one assignment picks.
 
-    Solved with scipy's ``linear_sum_assignment`` on the dense weight matrix of the instances
-    that overlap anything (all-zero rows and columns can only be paired at weight 0, which the
-    reference discards). Very large tables are split into connected groups of overlapping
-    instances first, which gives the same optimum without a huge dense matrix.
+    A pair whose nucleus and prediction overlap nothing else is in every optimum, so it is
+    taken directly; the rest (clusters of touching instances) is solved with scipy's
+    ``linear_sum_assignment`` on the dense weight matrix of the instances involved, as the
+    reference does on the full matrix (all-zero rows and columns can only be paired at weight
+    0, which the reference discards). Very large remainders are split into connected groups
+    of overlapping instances, which gives the same optimum without a huge dense matrix.
     """
-    rows, row_of = np.unique(t.true_idx, return_inverse=True)
-    cols, col_of = np.unique(t.pred_idx, return_inverse=True)
-    if rows.size * cols.size <= _MAX_DENSE_ASSIGNMENT:
-        picked = _assign_dense(row_of, col_of, weights, rows.size, cols.size)
-    else:
-        picked = _assign_by_component(row_of, col_of, weights, rows.size, cols.size)
+    row_degree = np.bincount(t.true_idx, minlength=t.n_true)
+    col_degree = np.bincount(t.pred_idx, minlength=t.n_pred)
+    alone = (row_degree[t.true_idx] == 1) & (col_degree[t.pred_idx] == 1)
+    picked = np.flatnonzero(alone)
+    rest = np.flatnonzero(~alone)
+    if rest.size:
+        rows, row_of = np.unique(t.true_idx[rest], return_inverse=True)
+        cols, col_of = np.unique(t.pred_idx[rest], return_inverse=True)
+        solve = (_assign_dense if rows.size * cols.size <= _MAX_DENSE_ASSIGNMENT
+                 else _assign_by_component)
+        local = solve(row_of, col_of, weights[rest], rows.size, cols.size)
+        picked = np.sort(np.concatenate([picked, rest[local]]))
     return picked[weights[picked] > 0]
 
 
