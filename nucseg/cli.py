@@ -56,6 +56,64 @@ def main():
 # Commands are added below, one small function each (keep this file thin).
 # --- commands ---
 
+@main.group("weights")
+def weights_group():
+    """Matterport / Keras 2 HDF5 weight files (mask_rcnn_coco.h5 and nucseg's own)."""
+
+
+@weights_group.command("inspect")
+@click.argument("weight_file", metavar="FILE", type=click.Path(dir_okay=False))
+@click.option("--config", "config_spec", metavar="PRESET|YAML",
+              help="Compare with the model of this config (matterport, paper, ren or a YAML).")
+@click.option("--backbone", type=click.Choice(["resnet50", "resnet101"]),
+              help="Override the config's BACKBONE (implies a model to compare with).")
+@click.option("--classes", type=click.IntRange(2), help="Override NUM_CLASSES (incl. background).")
+@click.option("--channels", type=click.IntRange(1), help="Override IMAGE_CHANNEL_COUNT.")
+@click.option("--exclude", multiple=True, metavar="LAYER",
+              help="Layer not to load (repeatable, or comma-separated).")
+@click.option("--exclude-heads", is_flag=True,
+              help="Exclude the class-dependent heads (Matterport's COCO recipe).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@friendly_errors
+def weights_inspect(weight_file, config_spec, backbone, classes, channels, exclude,
+                    exclude_heads, as_json):
+    """List a weight file's layers and shapes; with a model, what loading it would do.
+
+    With --config (or any of --backbone/--classes/--channels, which start from the matterport
+    preset) each layer is marked load, excluded, mismatch or unused, and the model's layers
+    that the file lacks are marked missing (they keep their initialisation). Nothing is
+    loaded and no image is processed.
+
+    \b
+    Example:
+      nucseg weights inspect mask_rcnn_coco.h5
+      nucseg weights inspect mask_rcnn_coco.h5 --config paper --exclude-heads
+      nucseg weights inspect fold1.h5 --config ren --classes 2 --json
+    """
+    import json
+
+    from nucseg.mrcnn.weights import COCO_EXCLUDE
+    from nucseg.mrcnn.weights_inspect import (config_weight_shapes, format_inspection,
+                                              inspect_weights)
+
+    names = [n.strip() for item in exclude for n in item.split(",") if n.strip()]
+    names += list(COCO_EXCLUDE) if exclude_heads else []
+    overrides = {key: value for key, value in (("BACKBONE", backbone), ("NUM_CLASSES", classes),
+                                               ("IMAGE_CHANNEL_COUNT", channels))
+                 if value is not None}
+    model_shapes = None
+    if config_spec or overrides:
+        from nucseg.mrcnn.config import load_config
+
+        config = load_config(config_spec or "matterport", **overrides)
+        model_shapes = config_weight_shapes(config)
+    elif names:
+        raise click.UsageError("--exclude needs a model to compare with (--config, "
+                               "--backbone, --classes or --channels)")
+    result = inspect_weights(weight_file, model_shapes, exclude=names)
+    click.echo(json.dumps(result, indent=1) if as_json else format_inspection(result))
+
+
 @main.command("score")
 @click.option("--gt", "gt", required=True, type=click.Path(),
               help="Ground-truth label map, or a directory of them.")
@@ -224,6 +282,113 @@ def distance_labels(labels, outdir):
     finish_batch(failures, len(files))
 
 
+@distance.command("train")
+@click.option("--images", required=True, type=click.Path(exists=True),
+              help="Directory (or file) of RGB training tiles.")
+@click.option("--labels", required=True, type=click.Path(exists=True),
+              help="Directory of instance label maps, paired by stem (<stem>[_labels].tif/png).")
+@click.option("-o", "--model-dir", required=True, type=click.Path(file_okay=False),
+              help="Output model directory (unet.json, unet.weights.h5, log, checkpoints).")
+@click.option("--epochs", default=80, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--width", type=click.IntRange(1),
+              help="Filters of the first level (doubling per level). [default: 32, or the "
+                   "saved width with --resume]")
+@click.option("--hematoxylin/--rgb-only", default=None,
+              help="Add hematoxylin optical density as a 4th input channel. [default: RGB only]")
+@click.option("--lr", default=1e-3, show_default=True, type=float,
+              help="Adam learning rate, divided by 10 every --lr-drop-every epochs.")
+@click.option("--lr-drop-every", default=25, show_default=True, type=click.IntRange(1))
+@click.option("--crop-size", type=click.IntRange(32),
+              help="Train on random crops of this size instead of whole tiles (faster on CPU).")
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Random flips and 90-degree rotations.")
+@click.option("--val-images", type=click.Path(exists=True),
+              help="Held-out tiles: their MSE goes into the log each epoch (with --val-labels).")
+@click.option("--val-labels", type=click.Path(exists=True))
+@click.option("--checkpoint-every", default=10, show_default=True, type=click.IntRange(0),
+              help="Keep checkpoints/epoch_NNN.weights.h5 every N epochs (0: none).")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True),
+              help="Stop (saving the model) after this much training time.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--resume", is_flag=True,
+              help="Continue the training saved in --model-dir after its last completed epoch.")
+@friendly_errors
+def distance_train(images, labels, model_dir, epochs, batch_size, width, hematoxylin, lr,
+                   lr_drop_every, crop_size, augment, val_images, val_labels, checkpoint_every,
+                   max_minutes, seed, resume):
+    """Train the distance-map U-Net on tiles and their instance label maps.
+
+    Targets are the per-nucleus distance maps of `nucseg distance labels`; loss MSE; Adam;
+    whole tiles padded to a multiple of 32 (padding excluded from the loss). See docs/unet.md.
+
+    \b
+    Example:
+      nucseg distance train --images tiles/ --labels labels/ -o unet_model/
+      nucseg distance train --images tiles/ --labels labels/ -o unet_model/ --resume
+    """
+    from nucseg.io import make_record, write_record
+    from nucseg.unet.train import TrainOptions, train_unet, training_pairs
+
+    if bool(val_images) != bool(val_labels):
+        raise ValueError("--val-images and --val-labels go together")
+    pairs = training_pairs(images, labels)
+    val_pairs = training_pairs(val_images, val_labels) if val_images else []
+    opts = TrainOptions(epochs=epochs, batch_size=batch_size, width=width,
+                        hematoxylin=hematoxylin, lr=lr, lr_drop_every=lr_drop_every, seed=seed,
+                        crop_size=crop_size, augment=augment, checkpoint_every=checkpoint_every,
+                        max_seconds=max_minutes * 60 if max_minutes else None)
+    summary = train_unet(pairs, model_dir, opts, resume=resume, val_pairs=val_pairs)
+    last = summary["log"][-1] if summary["log"] else {}
+    write_record(Path(model_dir) / "distance_train_record.yaml", make_record(
+        "distance train", [p for pair in pairs for p in pair],
+        {k: v for k, v in vars(opts).items() if k != "extra"} | {"resume": resume},
+        epochs_done=summary["epochs_done"], stopped_early=summary["stopped_early"],
+        seconds=summary["seconds"], last_epoch=last))
+    note = " (stopped by --max-minutes)" if summary["stopped_early"] else ""
+    click.echo(f"trained {summary['epochs_done']} epoch(s){note}; "
+               f"train_mse {last.get('train_mse', 'n/a')}; model in {model_dir}")
+
+
+@distance.command("predict")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("-m", "--model-dir", required=True, type=click.Path(file_okay=False),
+              help="A model directory written by `nucseg distance train`.")
+@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
+              help="Directory for <stem>_dist.tif and distance_predict_record.yaml.")
+@click.option("--tile-size", default=1024, show_default=True, type=click.IntRange(64),
+              help="Images larger than this (px, multiple of 32) are predicted in tiles.")
+@click.option("--margin", default=64, show_default=True, type=click.IntRange(0),
+              help="Overlap kept as context on each tile side and dropped (multiple of 32).")
+@friendly_errors
+def distance_predict(images, model_dir, outdir, tile_size, margin):
+    """Predict per-nucleus distance maps (float32 TIFF, pixels) with a trained U-Net.
+
+    IMAGES are RGB tiles or directories of them; a bad image is reported and the rest go on.
+
+    \b
+    Example:
+      nucseg distance predict tiles/ -m unet_model/ -o dist/
+      nucseg distance predict big_region.tif -m unet_model/ -o dist/ --tile-size 512
+    """
+    from nucseg.io import expand_inputs, make_record, run_batch, write_record
+    from nucseg.unet import load_unet
+    from nucseg.unet.predict import check_tiling, predict_file
+
+    check_tiling(tile_size, margin)
+    files = _require_inputs(expand_inputs(images), "images")
+    model = load_unet(model_dir)
+    written = []
+    failures = run_batch(files, lambda f: written.append(
+        predict_file(f, model, outdir, tile_size, margin)), desc="distance predict")
+    write_record(Path(outdir) / "distance_predict_record.yaml", make_record(
+        "distance predict", files, {"model_dir": model_dir, "outdir": outdir,
+                                    "tile_size": tile_size, "margin": margin},
+        model=model.config.to_dict(), outputs=written, failures=failures))
+    click.echo(f"wrote {len(written)} distance map(s) to {outdir}")
+    finish_batch(failures, len(files))
+
+
 @import_group.command("monuseg")
 @click.argument("xml_files", metavar="XML...", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
@@ -272,6 +437,49 @@ def import_monuseg(xml_files, outdir, images_dir, size):
     skipped = sum(item["skipped_fewer_than_3_vertices"] for item in summary)
     click.echo(f"wrote {len(summary)} label map(s) to {outdir}; "
                f"{skipped} region(s) with < 3 vertices skipped")
+    finish_batch(failures, len(files))
+
+
+@main.command("baseline")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
+              help="Directory for <stem>_labels.tif and baseline_record.yaml.")
+@click.option("--sigma", type=float, default=1.0, show_default=True,
+              help="Gaussian smoothing of the hematoxylin map (px; 0 = none).")
+@click.option("--min-size", type=int, default=30, show_default=True,
+              help="Smallest nucleus kept (px).")
+@click.option("--min-distance", type=int, default=5, show_default=True,
+              help="Smallest distance between two nucleus centres (px).")
+@click.option("--stain-matrix", type=click.Path(dir_okay=False),
+              help="3x3 stain vectors, as for `nucseg hstain`.")
+@friendly_errors
+def baseline(images, outdir, sigma, min_size, min_distance, stain_matrix):
+    """Classical segmentation without training: hematoxylin + Otsu + distance watershed.
+
+    A reference floor for learned models and a prediction for the demo; deterministic.
+
+    \b
+    Example:
+      nucseg baseline examples/monuseg_crop.png -o out/
+      nucseg score --gt examples/monuseg_crop_labels.png --pred out/monuseg_crop_labels.tif
+    """
+    from nucseg.baseline import baseline_file
+    from nucseg.io import expand_inputs, make_record, run_batch, write_record
+    from nucseg.stain import read_stain_matrix
+
+    stains = read_stain_matrix(stain_matrix) if stain_matrix else None
+    options = {"sigma": sigma, "min_size": min_size, "min_distance": min_distance}
+    files = _require_inputs(expand_inputs(images), "images")
+    if min_distance < 1 or min_size < 0 or sigma < 0:
+        raise ValueError("--min-distance must be >= 1, --min-size and --sigma >= 0")
+    written = []
+    failures = run_batch(
+        files, lambda f: written.append(baseline_file(f, outdir, stain_matrix=stains, **options)),
+        desc="baseline")
+    write_record(Path(outdir) / "baseline_record.yaml", make_record(
+        "baseline", files, dict(options, outdir=outdir, stain_matrix=stain_matrix),
+        outputs=written, failures=failures))
+    click.echo(f"wrote {len(written)} label map(s) to {outdir}")
     finish_batch(failures, len(files))
 
 
