@@ -8,7 +8,6 @@ of one skimage call, and builds the label map by pasting box-sized crops in asce
 """
 from __future__ import annotations
 
-import math
 import warnings
 from functools import lru_cache
 
@@ -123,7 +122,9 @@ def minimize_mask(bbox, mask, mini_shape):
         m = mask[y1:y2, x1:x2, i].astype(bool)
         if m.size == 0:
             raise ValueError(f"instance {i} has a box of area zero: {tuple(bbox[i][:4])}")
-        mini[:, :, i] = np.around(skimage_resize(m, mini_shape)).astype(bool)
+        # bool -> float64 0/1 as older skimage did implicitly (newer versions refuse bool)
+        m = skimage_resize(m.astype(np.float64), mini_shape)
+        mini[:, :, i] = np.around(m).astype(bool)
     return mini
 
 
@@ -132,7 +133,7 @@ def expand_mask(bbox, mini_mask, image_shape):
     mask = np.zeros(tuple(image_shape[:2]) + (mini_mask.shape[-1],), dtype=bool)
     for i in range(mask.shape[-1]):
         y1, x1, y2, x2 = bbox[i][:4]
-        m = skimage_resize(mini_mask[:, :, i], (y2 - y1, x2 - x1))
+        m = skimage_resize(mini_mask[:, :, i].astype(np.float64), (y2 - y1, x2 - x1))
         mask[y1:y2, x1:x2, i] = np.around(m).astype(bool)
     return mask
 
