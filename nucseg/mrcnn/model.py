@@ -37,29 +37,40 @@ class DetectionBoxes(KL.Layer):
         return tuple(input_shape[:-1]) + (4,)
 
 
-def build_inference_model(config: Config) -> keras.Model:
-    """Matterport's inference graph as a functional Keras model named 'mask_rcnn'."""
+def build_inference_graph(config: Config) -> tuple[list, dict]:
+    """Matterport's inference graph: ([input tensors], {stage name: Keras tensor}).
+
+    The named tensors (C1..C5, P2..P6, rpn_class_logits, rpn_rois, roi_align_classifier,
+    mrcnn_class_logits, detections, roi_align_mask, mrcnn_mask, ...) let tests and benchmarks
+    build sub-models that share the layers and weights.
+    """
     input_image = keras.Input(shape=[None, None, config.IMAGE_CHANNEL_COUNT], name="input_image")
     input_image_meta = keras.Input(shape=[config.IMAGE_META_SIZE], name="input_image_meta")
     input_anchors = keras.Input(shape=[None, 4], name="input_anchors")
-
-    _, c2, c3, c4, c5 = build_resnet_backbone(input_image, config, train_bn=config.TRAIN_BN)
-    rpn_feature_maps, mrcnn_feature_maps = build_fpn(c2, c3, c4, c5,
+    t = {}
+    t["C1"], t["C2"], t["C3"], t["C4"], t["C5"] = build_resnet_backbone(
+        input_image, config, train_bn=config.TRAIN_BN)
+    rpn_feature_maps, mrcnn_feature_maps = build_fpn(t["C2"], t["C3"], t["C4"], t["C5"],
                                                      config.TOP_DOWN_PYRAMID_SIZE)
-    _, rpn_class, rpn_bbox = apply_rpn(rpn_feature_maps, config)
-    rpn_rois = ProposalLayer(proposal_count=config.POST_NMS_ROIS_INFERENCE,
-                             nms_threshold=config.RPN_NMS_THRESHOLD, name="ROI",
-                             config=config)([rpn_class, rpn_bbox, input_anchors])
-    _, mrcnn_class, mrcnn_bbox = fpn_classifier_head(
-        rpn_rois, mrcnn_feature_maps, input_image_meta, config, train_bn=config.TRAIN_BN)
-    detections = DetectionLayer(config, name="mrcnn_detection")(
-        [rpn_rois, mrcnn_class, mrcnn_bbox, input_image_meta])
-    detection_boxes = DetectionBoxes(name="detection_boxes")(detections)
-    mrcnn_mask = fpn_mask_head(detection_boxes, mrcnn_feature_maps, input_image_meta, config,
-                               train_bn=config.TRAIN_BN)
-    return keras.Model([input_image, input_image_meta, input_anchors],
-                       [detections, mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, rpn_class,
-                        rpn_bbox], name="mask_rcnn")
+    t.update(zip(("P2", "P3", "P4", "P5", "P6"), rpn_feature_maps))
+    t["rpn_class_logits"], t["rpn_class"], t["rpn_bbox"] = apply_rpn(rpn_feature_maps, config)
+    t["rpn_rois"] = ProposalLayer(proposal_count=config.POST_NMS_ROIS_INFERENCE,
+                                  nms_threshold=config.RPN_NMS_THRESHOLD, name="ROI",
+                                  config=config)([t["rpn_class"], t["rpn_bbox"], input_anchors])
+    t["mrcnn_class_logits"], t["mrcnn_class"], t["mrcnn_bbox"] = fpn_classifier_head(
+        t["rpn_rois"], mrcnn_feature_maps, input_image_meta, config, train_bn=config.TRAIN_BN)
+    t["detections"] = DetectionLayer(config, name="mrcnn_detection")(
+        [t["rpn_rois"], t["mrcnn_class"], t["mrcnn_bbox"], input_image_meta])
+    detection_boxes = DetectionBoxes(name="detection_boxes")(t["detections"])
+    t["mrcnn_mask"] = fpn_mask_head(detection_boxes, mrcnn_feature_maps, input_image_meta,
+                                    config, train_bn=config.TRAIN_BN)
+    return [input_image, input_image_meta, input_anchors], t
+
+
+def build_inference_model(config: Config) -> keras.Model:
+    """Matterport's inference model 'mask_rcnn' with its seven outputs (OUTPUT_NAMES)."""
+    inputs, tensors = build_inference_graph(config)
+    return keras.Model(inputs, [tensors[name] for name in OUTPUT_NAMES], name="mask_rcnn")
 
 
 class MaskRCNN:
@@ -75,7 +86,9 @@ class MaskRCNN:
         self.config = config
         self.mode = mode
         self.model_dir = model_dir
-        self.keras_model = build_inference_model(config)
+        inputs, self.tensors = build_inference_graph(config)
+        self.keras_model = keras.Model(inputs, [self.tensors[name] for name in OUTPUT_NAMES],
+                                       name="mask_rcnn")
         self._runners: dict = {}
 
     # --------------------------------------------------------------------------- weights
@@ -167,6 +180,16 @@ class MaskRCNN:
                     outputs["detections"][i], outputs["mrcnn_mask"][i], image.shape,
                     molded[i].shape, windows[i], self.config))
         return results
+
+    def submodel(self, names) -> keras.Model:
+        """A model from the same inputs to the named stage tensors (shares all weights).
+
+        Names are keys of `self.tensors` or layer names (then the layer's output; the
+        roi_align_* layers, res4w_out, fpn_p3, ...).
+        """
+        outputs = [self.tensors[n] if n in self.tensors else self.keras_model.get_layer(n).output
+                   for n in names]
+        return keras.Model(self.keras_model.inputs, outputs)
 
     def __repr__(self) -> str:
         return f"MaskRCNN({self.config!r}, params={self.count_params():,})"
