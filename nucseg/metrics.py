@@ -77,6 +77,10 @@ def _as_label_array(labels, name: str) -> np.ndarray:
         raise ValueError(f"{name} label map must hold integers, got {labels.dtype}")
     if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
         raise ValueError(f"{name} label map has negative ids")
+    if labels.dtype == np.uint64:  # NumPy will not mix uint64 with signed index arithmetic
+        if labels.size and labels.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"{name} label map has ids beyond 2**63")
+        labels = labels.astype(np.int64)
     return labels
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from nucseg.io import LABEL_EXTENSIONS, InputError, read_labels
+from nucseg.io import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, InputError, read_labels
 from nucseg.metrics import COUNT_NAMES, METRIC_NAMES, score_pair
 
 #: Name endings dropped to find the image a label map belongs to (`<stem>_labels.tif`).
@@ -176,7 +176,7 @@ def read_metadata(path, images: Iterable[str]) -> dict[str, str]:
             for row in reader:
                 row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
                 if row["id"]:
-                    organs[image_name(row["id"])] = row["organ"].lower() or "unknown"
+                    organs[_metadata_image(row["id"])] = row["organ"].lower() or "unknown"
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(path, f"cannot read metadata CSV ({exc})") from None
     missing = sorted(set(images) - set(organs))
@@ -184,6 +184,13 @@ def read_metadata(path, images: Iterable[str]) -> dict[str, str]:
         raise InputError(path, f"no organ for {len(missing)} scored image(s): "
                                + ", ".join(missing))
     return {name: organs[name] for name in images}
+
+
+def _metadata_image(image_id: str) -> str:
+    """An id as written in metadata: a bare image name, or a file name (a path) for it."""
+    if Path(image_id).suffix.lower() in LABEL_EXTENSIONS + IMAGE_EXTENSIONS:
+        return image_name(image_id)
+    return image_id
 
 
 def check_seen_organs(seen_organs: Sequence[str], organs: dict[str, str], metadata) -> None:

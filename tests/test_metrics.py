@@ -110,6 +110,16 @@ def test_non_contiguous_and_wide_ids_do_not_change_scores(fixture_cases):
     assert score_pair(wide_gt, wide_pred) == expected
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64, np.int16, bool])
+def test_any_integer_dtype_scores_the_same(fixture_cases, dtype):
+    gt, pred, _ = fixture_cases["edge_small_perturbed"]
+    if dtype is bool:  # one foreground "instance" per map
+        gt, pred = gt > 0, pred > 0
+    assert pred.max() < 256  # the ids fit every dtype tested
+    expected = score_pair(gt.astype(np.int64), pred.astype(np.int64))
+    assert score_pair(gt.astype(dtype), pred.astype(dtype)) == expected
+
+
 def test_split_nucleus_aji_counts_the_shared_prediction_once_in_aji_plus():
     gt = np.zeros((4, 8), np.int32)
     gt[:, :4], gt[:, 4:] = 1, 2
