@@ -13,7 +13,7 @@ import tensorflow as tf
 from nucseg.mrcnn import boxes as B
 from nucseg.mrcnn.anchors import (compute_backbone_shapes, generate_pyramid_anchors,
                                   get_anchors)
-from nucseg.mrcnn.detection import DetectionLayer
+from nucseg.mrcnn.detection import ActiveDetectionBoxes, DetectionLayer
 from nucseg.mrcnn.proposals import ProposalLayer
 from nucseg.mrcnn.roi_align import PyramidROIAlign, roi_levels
 
@@ -282,6 +282,15 @@ def test_detection_nms_is_per_class_and_empty_input_gives_zeros():
     background = np.zeros_like(probs)
     background[..., 0] = 1
     assert not layer([rois, background, deltas, meta]).numpy().any()
+
+
+def test_active_detection_boxes_cut_only_the_padding(golden, golden_b):
+    layer = ActiveDetectionBoxes()
+    only_b = layer(golden_b["detections"]).numpy()
+    np.testing.assert_array_equal(only_b, golden_b["detections"][:, :25, :4])
+    both = layer(np.concatenate([golden_b["detections"], golden["detections"]])).numpy()
+    assert both.shape == (2, 400, 4)
+    assert layer(np.zeros((2, 10, 6), np.float32)).shape == (2, 1, 4)
 
 
 def test_layers_in_a_compiled_keras_graph_with_batch_of_two(golden, golden_b):

@@ -66,6 +66,7 @@ def refine_detections_graph(rois, probs, deltas, window, bbox_std_dev, max_insta
     return tf.reshape(detections, [max_instances, 6])
 
 
+@keras.saving.register_keras_serializable(package="nucseg")
 class DetectionLayer(keras.layers.Layer):
     """Inputs [rois (B, N, 4), mrcnn_class (B, N, C), mrcnn_bbox (B, N, C, 4), image_meta]
     -> detections (B, DETECTION_MAX_INSTANCES, 6)."""
@@ -103,3 +104,22 @@ class DetectionLayer(keras.layers.Layer):
         base.update(bbox_std_dev=self.bbox_std_dev, max_instances=self.max_instances,
                     min_confidence=self.min_confidence, nms_threshold=self.nms_threshold)
         return base
+
+
+@keras.saving.register_keras_serializable(package="nucseg")
+class ActiveDetectionBoxes(keras.layers.Layer):
+    """Detections (B, D, 6) -> boxes (B, n, 4), n = the largest detection count in the batch
+    (at least 1).
+
+    Matterport feeds all D rows, zero padding included, to the mask head, whose cost is
+    ~0.5 GMAC per row; cutting the padding makes the cost follow the real detection count.
+    Rows are unchanged, so unmold_detections gives the same result.
+    """
+
+    def call(self, detections):
+        count = tf.reduce_sum(tf.cast(detections[..., 4] > 0, tf.int32), axis=1)
+        keep = tf.maximum(tf.reduce_max(count), 1)
+        return detections[:, :keep, :4]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None, 4)

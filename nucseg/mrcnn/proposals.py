@@ -29,6 +29,7 @@ def propose_one_image(scores, deltas, anchors, proposal_count, nms_threshold, pr
     return tf.reshape(proposals, [proposal_count, 4])
 
 
+@keras.saving.register_keras_serializable(package="nucseg")
 class ProposalLayer(keras.layers.Layer):
     """Inputs [rpn_class (B, A, 2), rpn_bbox (B, A, 4), anchors (B, A, 4)] -> (B, count, 4).
 

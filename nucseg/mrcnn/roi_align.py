@@ -31,6 +31,7 @@ def roi_levels(boxes, image_shape):
     return tf.squeeze(level, axis=-1)
 
 
+@keras.saving.register_keras_serializable(package="nucseg")
 class PyramidROIAlign(keras.layers.Layer):
     """Inputs [boxes (B, N, 4), image_meta (B, M), P2, P3, P4, P5] -> (B, N, ph, pw, C).
 
