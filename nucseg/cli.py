@@ -98,14 +98,16 @@ def weights_inspect(weight_file, config_spec, backbone, classes, channels, exclu
 
     names = [n.strip() for item in exclude for n in item.split(",") if n.strip()]
     names += list(COCO_EXCLUDE) if exclude_heads else []
-    overrides = {key: value for key, value in (("BACKBONE", backbone), ("NUM_CLASSES", classes),
-                                               ("IMAGE_CHANNEL_COUNT", channels))
+    overrides = {key: value for key, value in (("BACKBONE", backbone), ("NUM_CLASSES", classes))
                  if value is not None}
     model_shapes = None
-    if config_spec or overrides:
+    if config_spec or overrides or channels:
         from nucseg.mrcnn.config import load_config
 
         config = load_config(config_spec or "matterport", **overrides)
+        if channels:  # only shapes matter here: pad or cut the means to the channel count
+            means = list(config.MEAN_PIXEL[:channels]) + [0.0] * (channels - config.MEAN_PIXEL.size)
+            config = config.copy(IMAGE_CHANNEL_COUNT=channels, MEAN_PIXEL=means)
         model_shapes = config_weight_shapes(config)
     elif names:
         raise click.UsageError("--exclude needs a model to compare with (--config, "

@@ -133,7 +133,7 @@ class LoadReport:
         lines = [f"{Path(self.path).name}: loaded {len(self.loaded)} of {n_model} weighted "
                  f"layers ({self.n_weights} tensors, {self.n_values:,} values)"]
         sections = [("excluded", self.excluded),
-                    ("shape mismatch, skipped", [f"{l} ({p})" for l, p in self.mismatched]),
+                    ("shape mismatch, not loaded", [l for l, _ in self.mismatched]),
                     ("missing from file, kept initialisation", self.missing),
                     ("unused in file", self.unused),
                     ("exclude names found nowhere", self.unknown_excludes)]
@@ -142,6 +142,7 @@ class LoadReport:
                 shown = ", ".join(names[:max_names])
                 more = f", ... ({len(names) - max_names} more)" if len(names) > max_names else ""
                 lines.append(f"  {title} ({len(names)}): {shown}{more}")
+        lines += [f"    {layer}: {problem}" for layer, problem in self.mismatched[:max_names]]
         return "\n".join(lines)
 
 
@@ -195,8 +196,8 @@ def plan_load(model_shapes, file_shapes, path="", by_name: bool = True,
     model_weighted = [(layer, ws) for layer, ws in model_shapes if ws]
     file_weighted = OrderedDict((layer, ws) for layer, ws in file_shapes.items() if ws)
     model_names = {layer for layer, _ in model_shapes}
-    report.unknown_excludes = [n for n in exclude
-                               if n not in model_names and n not in file_shapes]
+    report.unknown_excludes = [n for n in exclude if n not in model_names
+                               and n not in file_shapes and n not in COCO_EXCLUDE]
     if by_name:
         candidates = []
         for layer, ws in model_weighted:

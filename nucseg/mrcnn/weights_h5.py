@@ -227,3 +227,19 @@ def write_weight_file(path, groups: Sequence[tuple[str, Sequence[tuple[str, np.n
                 write_list_attribute(f.create_group("top_level_model_weights"),
                                      "weight_names", [], string_format)
     return path
+
+
+def describe_weight_file(path) -> dict:
+    """Layout facts for `nucseg weights inspect`: which layout, writer versions, shapes."""
+    with open_weight_root(path) as (root, _):
+        layout = "model.save (model_weights group)" if root.name == "/model_weights" \
+            else "save_weights"
+        info = {"layout": layout,
+                "keras_version": _optional_text(root.attrs.get("keras_version")),
+                "backend": _optional_text(root.attrs.get("backend"))}
+    info["layers"] = read_weight_shapes(path)
+    return info
+
+
+def _optional_text(value):
+    return None if value is None else _as_text(value)
