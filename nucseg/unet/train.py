@@ -121,7 +121,12 @@ def masked_mse(y_true, y_pred, mask):
 def _make_train_step(model, optimizer):
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
+    channels = model.input_shape[-1]
+    spec = [tf.TensorSpec((None, None, None, channels), tf.float32),
+            tf.TensorSpec((None, None, None, 1), tf.float32),
+            tf.TensorSpec((None, None, None, 1), tf.float32)]
+
+    @tf.function(input_signature=spec)  # one trace for every batch and tile size
     def step(x, y, mask):
         with tf.GradientTape() as tape:
             loss = masked_mse(y, model(x, training=True), mask)
