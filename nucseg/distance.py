@@ -27,7 +27,7 @@ def label_distance_map(labels: np.ndarray) -> np.ndarray:
     out = np.zeros(labels.shape, dtype=np.float32)
     if not labels.size or labels.max() == 0:
         return out
-    if labels.dtype.itemsize > 4 or labels.dtype == np.uint32:
+    if labels.max() > labels.size:
         # find_objects allocates one slot per id up to the maximum: compact sparse ids first
         _, labels = np.unique(labels, return_inverse=True)
         labels = labels.reshape(out.shape)
