@@ -398,7 +398,7 @@ def distance_predict(images, model_dir, outdir, tile_size, margin):
 @click.option("--images", "images_dir", type=click.Path(file_okay=False, exists=True),
               help="Directory of the tiles: each label map takes the size of the tile with the "
                    "XML file's stem.")
-@click.option("--size", default="1000x1000", show_default=True,
+@click.option("--size", default="1000x1000", show_default=True, metavar="HxW",
               help="HEIGHTxWIDTH of the label maps when --images is not given.")
 @friendly_errors
 def import_monuseg(xml_files, outdir, images_dir, size):
