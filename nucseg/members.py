@@ -17,6 +17,7 @@ File format (`save_member`, numpy .npz, no pickled objects):
     image_shape   (2,) int64 (H, W)
     model         str, the model's name or path
     transform     str, the TTA view ("identity", "hflip", "vflip", "hsv", ...)
+    image         str, optional: the input image's path, so members can be merged later
 """
 from __future__ import annotations
 
@@ -50,9 +51,11 @@ class Member:
     model: str = ""
     transform: str = "identity"
     extra: dict = field(default_factory=dict)  # provenance not stored in the file (e.g. splits)
+    image: str = ""                       # the input image's path (merging saved members)
 
     def __post_init__(self):
         self.rois = np.asarray(self.rois, dtype=np.int32).reshape(-1, 4)
+        self.image = str(self.image)
         n = len(self.rois)
         self.scores = np.asarray(self.scores, dtype=np.float32).reshape(n)
         self.class_ids = np.asarray(self.class_ids, dtype=np.int32).reshape(n)
@@ -70,10 +73,17 @@ class Member:
     @classmethod
     def from_detection(cls, result: dict, image_shape, model: str = "",
                        transform: str = "identity") -> "Member":
-        """Build from a `MaskRCNN.detect()` result dict; masks are quantised to 8 bits."""
-        rois = np.asarray(result["rois"], dtype=np.int32).reshape(-1, 4)
-        masks = [quantize_mask(m) for m in result["masks"]]
-        return cls(rois, result["scores"], result["class_ids"], masks, tuple(image_shape)[:2],
+        """Build from a `MaskRCNN.detect()` result dict; masks are quantised to 8 bits and
+        boxes reaching outside the image are cut to it."""
+        height, width = int(image_shape[0]), int(image_shape[1])
+        rois = np.asarray(result["rois"], dtype=np.int64).reshape(-1, 4)
+        clipped = np.clip(rois, 0, [height, width, height, width])
+        masks = []
+        for (y1, x1, y2, x2), (cy1, cx1, cy2, cx2), m in zip(rois, clipped, result["masks"]):
+            m = np.asarray(m)[cy1 - y1:max(cy2 - y1, 0), cx1 - x1:max(cx2 - x1, 0)]
+            masks.append(quantize_mask(m).reshape(max(cy2 - cy1, 0), max(cx2 - cx1, 0)))
+        clipped[:, 2:] = np.maximum(clipped[:, 2:], clipped[:, :2])
+        return cls(clipped, result["scores"], result["class_ids"], masks, (height, width),
                    model, transform)
 
     @classmethod
@@ -86,7 +96,7 @@ class Member:
         idx = np.arange(len(self))[keep]
         return Member(self.rois[idx], self.scores[idx], self.class_ids[idx],
                       [self.masks[i] for i in idx], self.image_shape, self.model,
-                      self.transform, dict(self.extra))
+                      self.transform, dict(self.extra), self.image)
 
     @property
     def name(self) -> str:
@@ -106,7 +116,8 @@ def save_member(path, member: Member) -> Path:
                 fh, format=np.int64(FORMAT_VERSION), rois=member.rois, scores=member.scores,
                 class_ids=member.class_ids, mask_data=data,
                 image_shape=np.asarray(member.image_shape, np.int64),
-                model=np.str_(member.model), transform=np.str_(member.transform))
+                model=np.str_(member.model), transform=np.str_(member.transform),
+                image=np.str_(member.image))
     return path
 
 
@@ -131,7 +142,8 @@ def load_member(path) -> Member:
             data = z["mask_data"]
             fields = (z["scores"], z["class_ids"], tuple(z["image_shape"].tolist()),
                       str(z["model"]) if "model" in keys else path.stem,
-                      str(z["transform"]) if "transform" in keys else "identity")
+                      str(z["transform"]) if "transform" in keys else "identity",
+                      str(z["image"]) if "image" in keys else "")
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - a corrupt archive is the file's problem
@@ -149,6 +161,7 @@ def load_member(path) -> Member:
     masks = [(data[e - s:e].astype(np.float32) / scale).reshape(h, w)
              for s, e, h, w in zip(sizes, ends, heights, widths)]
     try:
-        return Member(rois, fields[0], fields[1], masks, fields[2], fields[3], fields[4])
+        return Member(rois, fields[0], fields[1], masks, fields[2], fields[3], fields[4],
+                      image=fields[5])
     except ValueError as exc:
         raise InputError(path, str(exc)) from None

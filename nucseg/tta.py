@@ -50,7 +50,7 @@ class View:
             rois[:, 0], rois[:, 2] = height - member.rois[:, 2], height - member.rois[:, 0]
             masks = [np.ascontiguousarray(m[::-1]) for m in masks]
         return Member(rois, member.scores, member.class_ids, masks, member.image_shape,
-                      member.model, self.name, dict(member.extra))
+                      member.model, self.name, dict(member.extra), member.image)
 
 
 def shift_hsv(rgb: np.ndarray, hue: int, saturation: int, value: int) -> np.ndarray:

@@ -1,0 +1,115 @@
+"""Finding and loading trained Mask R-CNN models for prediction.
+
+A model is a Matterport-layout weight file with its configuration YAML beside it (same stem +
+.yaml, or config.yaml in the same directory), or a run directory: its newest checkpoint
+`mask_rcnn_<name>_<epoch:04d>.h5` (highest epoch) and the run's config YAML. An ensemble run
+directory holds one such run directory per fold.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from nucseg.io import InputError
+
+CHECKPOINT = re.compile(r"^mask_rcnn_(?P<name>.*)_(?P<epoch>\d{4})\.h5$")
+CONFIG_NAMES = ("config.yaml", "config.yml")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    weights: Path
+    config: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.weights.parent.name}/{self.weights.name}"
+
+
+def _config_in(directory: Path) -> Path | None:
+    for name in CONFIG_NAMES:
+        if (directory / name).is_file():
+            return directory / name
+    yamls = [p for p in sorted(directory.glob("*.y*ml")) if "record" not in p.stem]
+    return yamls[0] if len(yamls) == 1 else None
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    found = [(int(m["epoch"]), p.stat().st_mtime, p) for p in run_dir.glob("*.h5")
+             if (m := CHECKPOINT.match(p.name))]
+    return max(found)[2] if found else None
+
+
+def resolve_model(path) -> ModelSpec:
+    """The weight file and config YAML that `-m PATH` names."""
+    path = Path(path)
+    if path.is_dir():
+        weights = newest_checkpoint(path)
+        if weights is None:
+            raise InputError(path, "no checkpoint mask_rcnn_<name>_<epoch>.h5 in this run "
+                                   "directory")
+        config = _config_in(path)
+        if config is None:
+            raise InputError(path, "run directory has no config YAML (config.yaml)")
+        return ModelSpec(weights, config)
+    if not path.is_file():
+        raise InputError(path, "model not found (a .h5 weight file or a run directory)")
+    if path.suffix.lower() != ".h5":
+        raise InputError(path, "a model is a Matterport .h5 weight file or a run directory")
+    for candidate in (path.with_suffix(".yaml"), path.with_suffix(".yml")):
+        if candidate.is_file():
+            return ModelSpec(path, candidate)
+    config = _config_in(path.parent)
+    if config is None:
+        raise InputError(path, f"no config YAML beside the weights ({path.stem}.yaml or "
+                               "config.yaml)")
+    return ModelSpec(path, config)
+
+
+def ensemble_models(run_dir) -> list[ModelSpec]:
+    """Every fold model of an ensemble run: one per sub-directory holding checkpoints."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(run_dir, "ensemble run directory not found")
+    folds = [d for d in sorted(run_dir.iterdir()) if d.is_dir() and newest_checkpoint(d)]
+    if not folds:
+        raise InputError(run_dir, "no fold sub-directory with checkpoints in this ensemble run")
+    return [resolve_model(d) for d in folds]
+
+
+def inference_config(config, batch_size: int = 1, **overrides):
+    """The inference variant of a (training) config, as the paper's inference config did:
+    batch of `batch_size`, zero padding to multiples of 64 instead of training crops, RPN NMS
+    0.7 and up to 2000 detections for 'crop'-trained models; `overrides` win."""
+    changes = {"GPU_COUNT": 1, "IMAGES_PER_GPU": int(batch_size)}
+    if config.IMAGE_RESIZE_MODE in ("crop", "square"):
+        changes.update(IMAGE_RESIZE_MODE="pad64", RPN_NMS_THRESHOLD=0.7)
+        if config.IMAGE_RESIZE_MODE == "crop":
+            changes["DETECTION_MAX_INSTANCES"] = max(int(config.DETECTION_MAX_INSTANCES), 2000)
+        else:
+            changes["IMAGE_MIN_DIM"] = min(int(config.IMAGE_MIN_DIM), 256)
+    changes.update({k: v for k, v in overrides.items() if v is not None})
+    return config.copy(**changes)
+
+
+def load_model(spec: ModelSpec, batch_size: int = 1, **overrides):
+    """A ready MaskRCNN (inference) for a ModelSpec; every weight must load."""
+    from nucseg.mrcnn import Config, MaskRCNN
+
+    try:
+        config = Config.from_yaml(spec.config)
+    except (ValueError, OSError) as exc:
+        raise InputError(spec.config, f"bad model config ({exc})") from None
+    model = MaskRCNN(inference_config(config, batch_size, **overrides))
+    try:
+        report = model.load_weights(spec.weights, by_name=True)
+    except (ValueError, OSError, KeyError) as exc:
+        raise InputError(spec.weights, f"cannot load weights ({exc})") from None
+    missing = list(getattr(report, "missing", [])) + [
+        f"{layer} ({problem})" for layer, problem in getattr(report, "mismatched", [])]
+    if missing:
+        raise InputError(spec.weights, f"does not fit the config: {len(missing)} layers missing "
+                                       f"or mismatched, e.g. {missing[:3]}")
+    model.name = spec.name
+    return model

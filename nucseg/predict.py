@@ -1,0 +1,347 @@
+"""Prediction: members (model x TTA view) per image, merged into nuclei, written as files.
+
+A detector is anything with `.detect(list of HxWxC images) -> list of detect() dicts` and a
+`.config` carrying IMAGE_CHANNEL_COUNT and DETECTION_MAX_INSTANCES (a nucseg.mrcnn.MaskRCNN, or
+a stand-in in tests); its `.name` names it in members and records. Per image, every detector
+runs on every view (tiled when the image is larger than the tile size), its detections are
+mapped back to the original frame and kept as one Member; the members are merged
+(nucseg.merge) and the result is written by nucseg.export. The run record is written last, so
+its presence marks an image as done for `--resume`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nucseg.channels import ChannelSources, model_input
+from nucseg.export import write_geojson, write_nuclei_csv, write_overlay
+from nucseg.io import (InputError, make_record, output_path, read_rgb, run_batch, write_labels,
+                       write_record)
+from nucseg.members import Member, load_member, save_member
+from nucseg.merge import METHODS, merge_members
+from nucseg.tiling import detect_tiled
+from nucseg.tta import make_views
+
+METHOD_DEFAULTS = {"vote": {"iou_threshold": 0.7, "mask_threshold": 0.7},
+                   "mask-nms": {"iou_threshold": 0.5, "mask_threshold": 0.5}}
+
+
+@dataclass
+class PredictOptions:
+    """Everything that shapes a prediction's result (recorded in each image's record)."""
+
+    tta: bool = False
+    merge: str = "vote"
+    iou_threshold: float | None = None        # None: the method's default (vote 0.7, nms 0.5)
+    iou_type: str = "box"                     # vote only: "box" or "mask"
+    min_members: int | None = None            # None: a majority of the members
+    mask_threshold: float | None = None       # None: the method's default (vote 0.7, nms 0.5)
+    min_area: int = 50
+    tile_size: int = 1024
+    overlap: int = 128
+    batch_size: int = 1
+    keep_members: bool = False
+    geojson: bool = True
+    gzip: bool = False
+    csv: bool = True
+    overlay: bool = False
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.merge not in METHODS:
+            raise ValueError(f"unknown merge method {self.merge!r}; choose one of "
+                             f"{', '.join(METHODS)}")
+        if self.tile_size < 64:
+            raise ValueError(f"tile size must be at least 64 px, got {self.tile_size}")
+        if not 0 <= self.overlap < self.tile_size // 2:
+            raise ValueError(f"overlap must be in [0, tile size / 2), got {self.overlap}")
+
+    def merge_kwargs(self) -> dict:
+        kwargs = dict(METHOD_DEFAULTS[self.merge], min_members=self.min_members,
+                      min_area=self.min_area)
+        if self.iou_threshold is not None:
+            kwargs["iou_threshold"] = self.iou_threshold
+        if self.mask_threshold is not None:
+            kwargs["mask_threshold"] = self.mask_threshold
+        if self.merge == "vote":
+            kwargs["iou_type"] = self.iou_type
+        return kwargs
+
+
+def detector_name(detector, index: int) -> str:
+    return str(getattr(detector, "name", None) or f"model{index}")
+
+
+# ---------------------------------------------------------------------------------------------
+# members
+# ---------------------------------------------------------------------------------------------
+def image_members(detectors, rgb: np.ndarray, stem: str, opts: PredictOptions,
+                  sources: ChannelSources | None = None, image_path: str = "",
+                  timings: dict | None = None) -> list[Member]:
+    """One Member per (detector, view), in the original image's frame."""
+    from tqdm import tqdm
+
+    timings = timings if timings is not None else {}
+    views = make_views(opts.tta, opts.seed)
+    inputs: dict = {}
+    members = []
+    total = len(detectors) * len(views)
+    bar = tqdm(total=total, desc=stem, unit="member", leave=False,
+               disable=not opts.progress or total < 2)
+    for k, detector in enumerate(detectors):
+        channels = int(detector.config.IMAGE_CHANNEL_COUNT)
+        if channels not in inputs:
+            t0 = time.perf_counter()
+            inputs[channels] = model_input(rgb, channels, stem, sources)[0]
+            timings["channels"] = timings.get("channels", 0.0) + time.perf_counter() - t0
+        for view in views:
+            t0 = time.perf_counter()
+            found, info = detect_tiled(
+                detector, view.apply(inputs[channels]), opts.tile_size, opts.overlap,
+                int(getattr(detector.config, "DETECTION_MAX_INSTANCES", 0) or 0),
+                opts.batch_size)
+            seen = Member.from_detection(found, rgb.shape[:2], detector_name(detector, k),
+                                         view.name)
+            member = view.invert(seen)
+            member.image = image_path
+            member.extra = dict(info, seconds=round(time.perf_counter() - t0, 3))
+            if view.name == "hsv":
+                member.extra["hsv_shift"] = list(view.hsv_shift)
+            members.append(member)
+            bar.update()
+    bar.close()
+    return members
+
+
+def member_file(outdir, stem: str, index: int) -> Path:
+    return Path(outdir) / f"{stem}_member{index:02d}.npz"
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs
+# ---------------------------------------------------------------------------------------------
+def output_files(outdir, stem: str, opts: PredictOptions) -> dict[str, Path]:
+    """The files one image produces (the record last)."""
+    outdir = Path(outdir)
+    files = {"labels": outdir / f"{stem}_labels.tif"}
+    if opts.geojson:
+        files["geojson"] = outdir / (f"{stem}.geojson" + (".gz" if opts.gzip else ""))
+    if opts.csv:
+        files["csv"] = outdir / f"{stem}_nuclei.csv"
+    if opts.overlay:
+        files["overlay"] = outdir / f"{stem}_overlay.png"
+    files["record"] = outdir / f"{stem}_record.yaml"
+    return files
+
+
+def is_complete(outdir, stem: str, opts: PredictOptions) -> bool:
+    """True when the record (written last) and every output it lists exist."""
+    import yaml
+
+    files = output_files(outdir, stem, opts)
+    if not all(p.is_file() for p in files.values()):
+        return False
+    try:
+        record = yaml.safe_load(files["record"].read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return all((Path(outdir) / name).is_file() for name in record.get("outputs", []))
+
+
+def write_outputs(files: dict, merged, rgb: np.ndarray | None,
+                  hstain: np.ndarray | None) -> list[str]:
+    """Label map, GeoJSON, CSV and overlay (those named in `files`); returns file names."""
+    write_labels(files["labels"], merged.labels)
+    if "geojson" in files:
+        write_geojson(files["geojson"], merged)
+    if "csv" in files:
+        write_nuclei_csv(files["csv"], merged, hstain)
+    if "overlay" in files and rgb is not None:
+        write_overlay(files["overlay"], rgb, merged.labels)
+    return [p.name for key, p in files.items() if key != "record" and p.exists()]
+
+
+def _hstain_for_table(rgb, stem, sources: ChannelSources | None):
+    from nucseg.channels import hematoxylin_map
+
+    return hematoxylin_map(rgb, stem, sources or ChannelSources())
+
+
+def member_summary(members: list[Member]) -> list[dict]:
+    return [dict({"model": m.model, "transform": m.transform, "detections": len(m)}, **m.extra)
+            for m in members]
+
+
+def predict_image(image_path, detectors, outdir, opts: PredictOptions,
+                  sources: ChannelSources | None = None, models: list | None = None) -> dict:
+    """Predict one image and write all its outputs; returns the run record."""
+    start = time.perf_counter()
+    timings: dict = {}
+    image_path = Path(image_path)
+    stem = image_path.stem
+    rgb = read_rgb(image_path)
+    timings["read"] = time.perf_counter() - start
+    members = image_members(detectors, rgb, stem, opts, sources, str(image_path), timings)
+    timings["detect"] = sum(m.extra.get("seconds", 0.0) for m in members)
+    files = output_files(outdir, stem, opts)
+    kept = []
+    if opts.keep_members:
+        for k, member in enumerate(members):
+            kept.append(save_member(member_file(outdir, stem, k), member).name)
+    t0 = time.perf_counter()
+    merged = merge_members(members, opts.merge, **opts.merge_kwargs())
+    timings["merge"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hstain = _hstain_for_table(rgb, stem, sources) if opts.csv else None
+    outputs = write_outputs(files, merged, rgb, hstain)
+    timings["write"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - start
+    record = make_record(
+        "predict", inputs=[image_path], checksums=True, options=asdict(opts),
+        merge=dict(merged.info), models=models or [detector_name(d, k)
+                                                    for k, d in enumerate(detectors)],
+        image_shape=list(rgb.shape[:2]), nuclei=len(merged), members=member_summary(members),
+        splits_after_max_detections=sum(m.extra.get("splits", 0) for m in members),
+        member_files=kept, outputs=outputs,
+        timings_seconds={k: round(v, 3) for k, v in timings.items()})
+    write_record(files["record"], record)
+    return record
+
+
+def predict_images(image_paths, detectors, outdir, opts: PredictOptions,
+                   sources: ChannelSources | None = None, models: list | None = None,
+                   log=print) -> tuple[list[str], int]:
+    """Predict a batch; a bad image is reported and skipped. Returns (failures, skipped)."""
+    image_paths = [Path(p) for p in image_paths]
+    if not detectors:
+        raise ValueError("no model: give -m MODEL or --ensemble RUN_DIR")
+    stems = [p.stem for p in image_paths]
+    if len(set(stems)) != len(stems):
+        dup = sorted({s for s in stems if stems.count(s) > 1})
+        raise ValueError(f"several inputs share the name {dup[0]!r}: their outputs would "
+                         "overwrite each other")
+    todo = image_paths
+    if opts.resume:
+        todo = [p for p in image_paths if not is_complete(outdir, p.stem, opts)]
+        if len(todo) < len(image_paths):
+            log(f"resume: {len(image_paths) - len(todo)} of {len(image_paths)} images already "
+                "done")
+    failures = run_batch(todo, lambda p: predict_image(p, detectors, outdir, opts, sources,
+                                                       models),
+                         desc="predict", progress=opts.progress)
+    return failures, len(image_paths) - len(todo)
+
+
+# ---------------------------------------------------------------------------------------------
+# merging saved members later (`nucseg merge`)
+# ---------------------------------------------------------------------------------------------
+def group_member_files(paths) -> dict[str, list[tuple[Path, Member]]]:
+    """Member files grouped by the image they were made from (name order within a group)."""
+    groups: dict = {}
+    for path in sorted(Path(p) for p in paths):
+        member = load_member(path)
+        stem = Path(member.image).stem if member.image else path.stem.split("_member")[0]
+        groups.setdefault(stem, []).append((path, member))
+    return groups
+
+
+def _find_image(stem: str, member: Member, image_dir) -> Path | None:
+    if image_dir is not None:
+        for candidate in sorted(Path(image_dir).glob(f"{stem}.*")):
+            if candidate.is_file():
+                return candidate
+        return None
+    path = Path(member.image) if member.image else None
+    return path if path is not None and path.is_file() else None
+
+
+def merge_member_group(stem: str, group, outdir, opts: PredictOptions, image_dir=None,
+                       sources: ChannelSources | None = None) -> dict:
+    """Merge one image's saved members and write the same outputs predict writes."""
+    start = time.perf_counter()
+    paths = [p for p, _ in group]
+    members = [m for _, m in group]
+    merged = merge_members(members, opts.merge, **opts.merge_kwargs())
+    image = _find_image(stem, members[0], image_dir)
+    rgb = read_rgb(image) if image is not None else None
+    if rgb is not None and rgb.shape[:2] != members[0].image_shape:
+        raise InputError(image, f"image is {rgb.shape[0]}x{rgb.shape[1]} but its members were "
+                                f"made on {members[0].image_shape[0]}x"
+                                f"{members[0].image_shape[1]}")
+    hstain = _hstain_for_table(rgb, stem, sources) if rgb is not None and opts.csv else None
+    files = output_files(outdir, stem, opts)
+    outputs = write_outputs(files, merged, rgb, hstain)
+    record = make_record(
+        "merge", inputs=paths, checksums=True, options=asdict(opts), merge=dict(merged.info),
+        image=str(image) if image else None, nuclei=len(merged),
+        members=member_summary(members), outputs=outputs,
+        timings_seconds={"total": round(time.perf_counter() - start, 3)})
+    write_record(files["record"], record)
+    return record
+
+
+def merge_member_files(paths, outdir, opts: PredictOptions, image_dir=None,
+                       sources: ChannelSources | None = None) -> tuple[list[str], int]:
+    """`nucseg merge`: group member files by image, merge each group. Returns (failures, n)."""
+    groups = group_member_files(paths)
+    items = sorted(groups.items())
+    failures = run_batch(items, lambda item: merge_member_group(item[0], item[1], outdir, opts,
+                                                                image_dir, sources),
+                         desc="merge", progress=opts.progress)
+    return failures, len(items)
+
+
+# ---------------------------------------------------------------------------------------------
+# from command-line arguments
+# ---------------------------------------------------------------------------------------------
+def predict_from_paths(images, model_paths, ensemble, outdir, opts: PredictOptions,
+                       sources: ChannelSources, config_overrides: dict | None = None,
+                       distance_model=None, log=print) -> tuple[list[str], int]:
+    """`nucseg predict`: resolve models, skip finished images (--resume) before loading any
+    model, load the models, predict. Returns (failures, number of images)."""
+    from nucseg.io import expand_inputs, sha256
+    from nucseg.model_files import ensemble_models, load_model, resolve_model
+
+    paths = expand_inputs(images)
+    if not paths:
+        raise ValueError("no input images")
+    specs = [resolve_model(p) for p in model_paths]
+    if ensemble:
+        specs += ensemble_models(ensemble)
+    if not specs:
+        raise ValueError("no model: give -m MODEL or --ensemble RUN_DIR")
+    if opts.resume:
+        todo = [p for p in paths if not is_complete(outdir, p.stem, opts)]
+        if not todo:
+            log(f"resume: all {len(paths)} images already done")
+            return [], len(paths)
+    if distance_model is not None:
+        from nucseg.unet import load_unet
+
+        sources.distance_model = load_unet(distance_model)
+    detectors = [load_model(spec, opts.batch_size, **(config_overrides or {})) for spec in specs]
+    for detector in detectors:
+        if detector.config.IMAGE_CHANNEL_COUNT == 5 and sources.distance_dir is None \
+                and sources.distance_model is None:
+            raise ValueError(f"model {detector.name} takes 5 channels (RGB, distance, "
+                             "hematoxylin): give --distance-model DIR or --distance-dir DIR")
+    models = [{"name": s.name, "weights": str(s.weights), "weights_sha256": sha256(s.weights),
+               "config": str(s.config)} for s in specs]
+    failures, _ = predict_images(paths, detectors, outdir, opts, sources, models, log)
+    return failures, len(paths)
+
+
+def merge_from_paths(member_paths, outdir, opts: PredictOptions, image_dir=None,
+                     sources: ChannelSources | None = None) -> tuple[list[str], int]:
+    """`nucseg merge`: member files and directories of them (*.npz)."""
+    from nucseg.io import expand_inputs
+
+    paths = expand_inputs(member_paths, extensions=(".npz",))
+    if not paths:
+        raise ValueError("no member files (.npz) given")
+    return merge_member_files(paths, outdir, opts, image_dir, sources)
