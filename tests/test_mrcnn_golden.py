@@ -71,12 +71,15 @@ PROBES = ("C1", "C2", "C3", "C4", "C5", "P2", "P3", "P4", "P5", "P6", "rpn_class
           "mrcnn_class", "mrcnn_bbox", "detections", "roi_align_mask", "mrcnn_mask")
 
 
-def set_golden_weights(model, case):
+def set_golden_weights(model, case, only=None):
+    """Assign every weight (or those of layer `only`) by its Matterport name; returns sums."""
     from nucseg.mrcnn.weights import weight_entries
 
     sums = {}
     for _, entries in weight_entries(model.keras_model):
         for name, variable in entries:
+            if only is not None and name.split("/")[0] != only:
+                continue
             value = golden_value(name, tuple(int(d) for d in variable.shape), case)
             variable.assign(value)
             sums[name] = float(value.astype(np.float64).sum())
@@ -101,42 +104,27 @@ def model():
     return MaskRCNN(golden_config())
 
 
-@pytest.fixture(scope="module")
-def probe(model):
-    import tensorflow as tf
-
-    probe_model = model.submodel(PROBES)
-
-    @tf.function(jit_compile=False)
-    def run(images, metas, anchors):
-        return probe_model([images, metas, anchors], training=False)
-
-    return run
-
-
-def run_case(model, probe, golden, case):
-    sums = set_golden_weights(model, case)
+def run_case(model, golden):
+    """One detect() call that also returns every probed stage (one graph run per case)."""
     from nucseg.mrcnn.anchors import get_anchors
-    from nucseg.mrcnn.molding import mold_inputs
 
-    molded, metas, windows = mold_inputs([golden["image"]], model.config)
-    anchors = get_anchors(model.config, molded.shape[1:3])[None]
-    outputs = probe(molded.astype(np.float32), metas.astype(np.float32),
-                    anchors.astype(np.float32))
-    stages = {name: out.numpy() for name, out in zip(PROBES, outputs)}
-    result = model.detect([golden["image"]])[0]
-    return dict(sums=sums, molded=molded, metas=metas, windows=windows, anchors=anchors,
-                stages=stages, detect=result)
+    result = model.detect([golden["image"]], stages=PROBES)[0]
+    stages = {name: value[None] for name, value in result.pop("stages").items()}
+    anchors = get_anchors(model.config, stages["molded_image"].shape[1:3])[None]
+    return dict(stages=stages, anchors=anchors, detect=result)
 
 
 @pytest.fixture(scope="module")
-def case_a(model, probe, golden):
-    return run_case(model, probe, golden, "A")
+def case_a(model, golden):
+    sums = set_golden_weights(model, "A")
+    return {**run_case(model, golden), "sums": sums}
 
 
 @pytest.fixture(scope="module")
-def case_b(model, probe, golden_b, case_a):  # runs after A (weights are set per case)
-    return run_case(model, probe, golden_b, "B")
+def case_b(model, golden_b, case_a):  # runs after A: B differs in one kernel's sign only
+    changed = set_golden_weights(model, "B", only="mrcnn_class_logits")
+    assert set(changed) == {"mrcnn_class_logits/kernel:0", "mrcnn_class_logits/bias:0"}
+    return run_case(model, golden_b)
 
 
 # ------------------------------------------------------------------------------- matching
@@ -183,9 +171,11 @@ def test_weights_follow_the_formula_by_matterport_name(case_a):
 
 
 def test_molding_and_anchors(case_a, golden):
-    np.testing.assert_array_equal(case_a["molded"].astype(np.float32), golden["molded_image"])
-    np.testing.assert_array_equal(case_a["metas"], golden["image_meta"])
-    np.testing.assert_array_equal(case_a["windows"][0], golden["window"])
+    stages = case_a["stages"]
+    np.testing.assert_array_equal(stages["molded_image"].astype(np.float32),
+                                  golden["molded_image"])
+    np.testing.assert_array_equal(stages["image_meta"], golden["image_meta"])
+    np.testing.assert_array_equal(stages["window"][0], golden["window"])
     np.testing.assert_allclose(case_a["anchors"], golden["anchors"], atol=1e-6, rtol=0)
 
 

@@ -120,12 +120,23 @@ class MaskRCNN:
         return int(sum(np.prod(v.shape) for v in self.keras_model.trainable_weights))
 
     # --------------------------------------------------------------------------- inference
-    def _runner(self, shape):
-        """One compiled graph per molded input shape (batch, H, W, C)."""
-        key = tuple(int(s) for s in shape)
+    def submodel(self, names) -> keras.Model:
+        """A model from the same inputs to the named stage tensors (shares all weights).
+
+        Names are keys of `self.tensors` (C1..C5, P2..P6, rpn_*, mrcnn_*, detections) or
+        layer names (then that layer's output, e.g. roi_align_classifier, res4w_out).
+        """
+        outputs = [self.tensors[n] if n in self.tensors else self.keras_model.get_layer(n).output
+                   for n in names]
+        return keras.Model(self.keras_model.inputs, outputs)
+
+    def _runner(self, shape, stages=()):
+        """One compiled graph per molded input shape (and set of extra stage outputs)."""
+        key = (tuple(int(s) for s in shape), tuple(stages))
         runner = self._runners.get(key)
         if runner is None:
-            model = self.keras_model
+            model = self.keras_model if not stages else \
+                self.submodel(tuple(OUTPUT_NAMES) + tuple(stages))
 
             @tf.function(jit_compile=False, reduce_retracing=False)
             def runner(images, metas, anchors):
@@ -134,8 +145,11 @@ class MaskRCNN:
             self._runners[key] = runner
         return runner
 
-    def run_graph(self, molded_images, image_metas, anchors=None) -> dict:
-        """Raw model outputs (NumPy) for molded inputs; anchors default to the cached ones."""
+    def run_graph(self, molded_images, image_metas, anchors=None, stages=()) -> dict:
+        """Model outputs (NumPy, by OUTPUT_NAMES and `stages` names) for molded inputs.
+
+        Anchors default to the cached ones for the molded shape.
+        """
         molded_images = np.asarray(molded_images, dtype=np.float32)
         image_metas = np.asarray(image_metas, dtype=np.float32)
         if anchors is None:
@@ -143,17 +157,21 @@ class MaskRCNN:
         anchors = np.asarray(anchors, dtype=np.float32)
         if anchors.ndim == 2:
             anchors = np.broadcast_to(anchors, (molded_images.shape[0],) + anchors.shape)
-        outputs = self._runner(molded_images.shape)(
+        stages = tuple(s for s in stages if s not in OUTPUT_NAMES)
+        outputs = self._runner(molded_images.shape, stages)(
             tf.constant(molded_images), tf.constant(image_metas), tf.constant(anchors))
-        return {name: out.numpy() for name, out in zip(OUTPUT_NAMES, outputs)}
+        return {name: out.numpy()
+                for name, out in zip(tuple(OUTPUT_NAMES) + stages, outputs)}
 
-    def detect(self, images, verbose: int = 0) -> list[dict]:
+    def detect(self, images, verbose: int = 0, stages=()) -> list[dict]:
         """Detect instances in a list of images (H, W, IMAGE_CHANNEL_COUNT).
 
         Returns one dict per image: rois (N, 4) int32 [y1, x1, y2, x2] in original pixels,
         class_ids (N,), scores (N,), masks (N soft masks cropped to their boxes) and labels
         (H, W) instance map. Unlike Matterport, any number of images is accepted: they run in
         groups of BATCH_SIZE (the last group padded by repeating its last image).
+        `stages` (names as in `submodel`) adds a "stages" dict of those tensors per image,
+        plus the molded input, image meta and window, for debugging.
         """
         from nucseg.mrcnn.molding import mold_inputs, unmold_detections
 
@@ -174,22 +192,17 @@ class MaskRCNN:
             if verbose:
                 print(f"detect: images {start}..{start + len(group) - 1}, molded "
                       f"{molded.shape}")
-            outputs = self.run_graph(molded, metas)
+            outputs = self.run_graph(molded, metas, stages=stages)
             for i, image in enumerate(group):
-                results.append(unmold_detections(
+                result = unmold_detections(
                     outputs["detections"][i], outputs["mrcnn_mask"][i], image.shape,
-                    molded[i].shape, windows[i], self.config))
+                    molded[i].shape, windows[i], self.config)
+                if stages:
+                    result["stages"] = {name: outputs[name][i] for name in stages}
+                    result["stages"].update(molded_image=molded[i], image_meta=metas[i],
+                                            window=windows[i])
+                results.append(result)
         return results
-
-    def submodel(self, names) -> keras.Model:
-        """A model from the same inputs to the named stage tensors (shares all weights).
-
-        Names are keys of `self.tensors` or layer names (then the layer's output; the
-        roi_align_* layers, res4w_out, fpn_p3, ...).
-        """
-        outputs = [self.tensors[n] if n in self.tensors else self.keras_model.get_layer(n).output
-                   for n in names]
-        return keras.Model(self.keras_model.inputs, outputs)
 
     def __repr__(self) -> str:
         return f"MaskRCNN({self.config!r}, params={self.count_params():,})"
