@@ -325,10 +325,15 @@ def test_bad_files_raise_errors_naming_the_file(tmp_path):
     plain = tmp_path / "plain.h5"
     with h5py.File(plain, "w") as f:
         f.create_dataset("x", data=np.zeros(3))
+    keras3 = tmp_path / "model.weights.h5"
+    with h5py.File(keras3, "w") as f:
+        f.create_group("layers/dense/vars").create_dataset("0", data=np.zeros(2))
+        f.create_group("vars")
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(FIXTURE.read_bytes()[: FIXTURE.stat().st_size // 2])
     model = small_model()
     for path, problem in [(text, "not a readable HDF5"), (plain, "layer_names"),
+                          (keras3, "Keras 3 .weights.h5"),
                           (truncated, "truncated"), (tmp_path / "absent.h5", "not found")]:
         for reader in (read_weight_shapes, read_weight_file,
                        lambda p: load_weights(model, p)):

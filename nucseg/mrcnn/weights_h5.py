@@ -128,6 +128,9 @@ def open_weight_root(path) -> Iterator[tuple[object, list[str]]]:
             root = handle["model_weights"]
             names = read_list_attribute(root, "layer_names")
         if names is None:
+            if "layers" in handle and "vars" in handle:
+                raise InputError(path, "a Keras 3 .weights.h5 file, not the Matterport/Keras 2 "
+                                       "layout: load it with keras_model.load_weights()")
             raise InputError(path, "no 'layer_names' attribute: not a Keras/Matterport weight "
                                    "file (neither save_weights nor model.save layout)")
         yield root, names
