@@ -216,6 +216,15 @@ def test_labels_resolve_overlaps_by_score_in_any_order():
     ties = masks_to_labels(rois[:2], masks[:2], np.array([0.5, 0.5]), (20, 20))
     assert ties[7, 7] == 1  # equal scores: the earlier detection wins
     assert masks_to_labels(rois[:0], [], np.array([]), (4, 5)).shape == (4, 5)
+    with pytest.raises(ValueError, match="shape"):
+        masks_to_labels(rois[:1], [np.ones((9, 10), np.float32)], np.ones(1), (20, 20))
+
+
+def test_unmold_without_detections_gives_empty_results():
+    result = unmold_detections(np.zeros((10, 6), np.float32), np.zeros((10, 28, 28, 2)),
+                               (100, 120, 3), (128, 128, 3), (14, 4, 114, 124), config())
+    assert result["rois"].shape == (0, 4) and result["masks"] == []
+    assert result["labels"].shape == (100, 120) and not result["labels"].any()
 
 
 def test_labels_switch_to_uint32_beyond_65535_instances():

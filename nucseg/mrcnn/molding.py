@@ -255,6 +255,9 @@ def masks_to_labels(rois, soft_masks, scores, image_shape, threshold=0.5):
     for i in order[::-1]:  # lowest score first: later pastes overwrite
         y1, x1, y2, x2 = (int(v) for v in rois[i])
         mask = soft_masks[i]
+        if mask.shape != (y2 - y1, x2 - x1):
+            raise ValueError(f"mask {i} has shape {mask.shape} but its box {(y1, x1, y2, x2)} "
+                             f"needs {(y2 - y1, x2 - x1)}")
         if mask.size == 0:
             continue
         # keep the part of the box that lies inside the image
