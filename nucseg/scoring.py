@@ -48,6 +48,10 @@ def _index_label_files(root: Path, role: str) -> dict[str, Path]:
                        if f.is_file() and f.suffix.lower() in LABEL_EXTENSIONS)
         if not files:
             raise InputError(root, f"no {role} label maps (*{', *'.join(LABEL_EXTENSIONS)})")
+        # an output directory of `nucseg predict` also holds <stem>_overlay.png and the like:
+        # where <stem>_labels files exist, they are the label maps
+        marked = [f for f in files if image_name(f) != f.stem]
+        files = marked or files
     elif root.is_file():
         files = [root]
     else:

@@ -123,6 +123,17 @@ def test_metadata_problems_are_clear_errors(label_dirs, tmp_path, shared_dir):
     assert result.exit_code == 2 and "livr" in result.stderr
 
 
+def test_prediction_directory_with_overlays_is_read_for_its_label_maps(label_dirs):
+    gt_dir, pred_dir = label_dirs
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(
+        pred_dir / "TCGA-18-5592-01Z-00-DX1_overlay.png")
+    result = run("score", "--gt", gt_dir, "--pred", pred_dir, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n_images"] == 3
+
+
 def test_unpaired_files_are_an_error_listing_them(label_dirs):
     gt_dir, pred_dir = label_dirs
     (pred_dir / "TCGA-18-5592-01Z-00-DX1_labels.npy").rename(pred_dir / "stray_labels.npy")
