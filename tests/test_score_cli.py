@@ -8,6 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 from scipy.stats import wilcoxon
 
 from nucseg.cli import main
@@ -125,8 +126,6 @@ def test_metadata_problems_are_clear_errors(label_dirs, tmp_path, shared_dir):
 
 def test_prediction_directory_with_overlays_is_read_for_its_label_maps(label_dirs):
     gt_dir, pred_dir = label_dirs
-    from PIL import Image
-
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(
         pred_dir / "TCGA-18-5592-01Z-00-DX1_overlay.png")
     result = run("score", "--gt", gt_dir, "--pred", pred_dir, "--format", "json")
