@@ -207,7 +207,9 @@ def test_compare_refuses_tables_of_different_images(tmp_path):
 def test_score_then_compare_round_trip(label_dirs, tmp_path):
     gt_dir, pred_dir = label_dirs
     run("score", "--gt", gt_dir, "--pred", pred_dir, "--format", "csv", "-o", tmp_path / "a.csv")
-    result = run("compare", tmp_path / "a.csv", tmp_path / "a.csv", "--format", "csv")
+    run("score", "--gt", gt_dir, "--pred", pred_dir, "--format", "json", "-o", tmp_path / "a.json")
+    result = run("compare", tmp_path / "a.csv", tmp_path / "a.json", "--format", "csv")
+    assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [r["metric"] for r in rows] == list(METRIC_NAMES)
     assert all(float(r["median_diff"]) == 0.0 and float(r["p_value"]) == 1.0 for r in rows)
