@@ -244,11 +244,12 @@ def load_weights(keras_model, path, by_name: bool = True, exclude: Iterable[str]
     report, pairs = plan_load(model_shapes, file_shapes, path, by_name, exclude)
     if report.mismatched and not skip_mismatch:
         raise WeightMismatchError(report)
-    if not pairs and any(es for _, es in model_shapes) and not report.excluded \
-            and not report.mismatched:
+    wanted = [g for g, es in model_shapes if es and g not in report.excluded]
+    if wanted and not pairs and not report.mismatched:
         weighted = [layer for layer, ws in file_shapes.items() if ws]
-        raise InputError(path, "shares no weighted layer with the model (file has "
-                               f"{len(weighted)}: {', '.join(weighted[:5])}...); wrong file?")
+        more = ", ..." if len(weighted) > 5 else ""
+        raise InputError(path, f"shares no weighted layer with the model (the file has "
+                               f"{len(weighted)}: {', '.join(weighted[:5])}{more}); wrong file?")
     variables = dict(entries)
     assignments = []
     with open_weight_root(path) as (root, _):  # read everything before assigning anything
