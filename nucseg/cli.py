@@ -56,6 +56,47 @@ def main():
 # Commands are added below, one small function each (keep this file thin).
 # --- commands ---
 
+@main.group("model")
+def model_group():
+    """The Mask R-CNN(+) model: structure and parameter counts."""
+
+
+@model_group.command("summary")
+@click.option("--config", "config_spec", metavar="PRESET|YAML", default="matterport",
+              show_default=True, help="A preset (matterport, paper, ren) or a config YAML.")
+@click.option("--backbone", type=click.Choice(["resnet50", "resnet101"]),
+              help="Override BACKBONE.")
+@click.option("--classes", type=click.IntRange(1), help="Override NUM_CLASSES (incl. background).")
+@click.option("--channels", type=click.IntRange(1),
+              help="Override IMAGE_CHANNEL_COUNT (not 3 adds the PREPROC layer).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@friendly_errors
+def model_summary(config_spec, backbone, classes, channels, as_json):
+    """Parameter counts (total, trainable) and the weighted layers of a model.
+
+    Builds the inference graph (a few seconds, no image is processed). Layer and weight names
+    are Matterport's, in the order of a Matterport weight file.
+
+    \b
+    Example:
+      nucseg model summary --config paper --backbone resnet101
+      nucseg model summary --classes 81 --json
+    """
+    import json
+
+    from nucseg.mrcnn.config import load_config
+    from nucseg.mrcnn.model import format_summary, model_summary as summarize
+
+    overrides = {key: value for key, value in (("BACKBONE", backbone), ("NUM_CLASSES", classes))
+                 if value is not None}
+    config = load_config(config_spec, **overrides)
+    if channels:  # only shapes matter for a summary: cut or zero-pad the means
+        means = list(config.MEAN_PIXEL[:channels]) + [0.0] * (channels - config.MEAN_PIXEL.size)
+        config = config.copy(IMAGE_CHANNEL_COUNT=channels, MEAN_PIXEL=means)
+    summary = summarize(config)
+    click.echo(json.dumps(summary, indent=1) if as_json else format_summary(summary))
+
+
 def _merge_options(fn):
     """Options shared by `predict` and `merge` (how members become nuclei, what is written)."""
     options = [

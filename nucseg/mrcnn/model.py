@@ -206,3 +206,39 @@ class MaskRCNN:
 
     def __repr__(self) -> str:
         return f"MaskRCNN({self.config!r}, params={self.count_params():,})"
+
+
+# ------------------------------------------------------------------------------- summary
+def model_summary(config: Config) -> dict:
+    """Parameter counts and weighted layers of the inference model of `config` (no image is
+    processed; building the graph takes a few seconds)."""
+    model = MaskRCNN(config)
+    total = model.count_params()
+    trainable = model.count_trainable_params()
+    layers = [{"name": name,
+               "weights": [{"name": w, "shape": list(shape)} for w, shape in weights],
+               "params": int(sum(np.prod(shape) for _, shape in weights))}
+              for name, weights in model.weighted_layers()]
+    return {"backbone": config.BACKBONE, "num_classes": int(config.NUM_CLASSES),
+            "channels": int(config.IMAGE_CHANNEL_COUNT),
+            "preproc": config.IMAGE_CHANNEL_COUNT != 3,
+            "total_params": total, "trainable_params": trainable,
+            "non_trainable_params": total - trainable,
+            "weighted_layers": len(layers), "weights": sum(len(l["weights"]) for l in layers),
+            "layers": layers}
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as text: one line per weighted layer, then the totals."""
+    lines = [f"Mask R-CNN inference model: {summary['backbone']}, "
+             f"{summary['num_classes']} classes, {summary['channels']} input channels"
+             + (" (PREPROC 1x1 conv to 3)" if summary["preproc"] else "")]
+    width = max(len(layer["name"]) for layer in summary["layers"])
+    for layer in summary["layers"]:
+        shapes = ", ".join("x".join(str(d) for d in w["shape"]) for w in layer["weights"])
+        lines.append(f"  {layer['name']:<{width}}  {layer['params']:>11,}  {shapes}")
+    lines.append(f"weighted layers: {summary['weighted_layers']}, weights: {summary['weights']}")
+    lines.append(f"total params: {summary['total_params']:,}  trainable: "
+                 f"{summary['trainable_params']:,}  non-trainable: "
+                 f"{summary['non_trainable_params']:,}")
+    return "\n".join(lines)
