@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from nucseg.io import InputError
-from nucseg.mrcnn.weights import (COCO_EXCLUDE, WeightMismatchError, load_weights,
+from nucseg.mrcnn.weights import (COCO_EXCLUDE, WeightMismatchError, file_architecture,
+                                  load_weights,
                                   read_weight_file, read_weight_shapes, save_weights,
                                   weight_entries)
 from nucseg.mrcnn.weights_h5 import write_weight_file
@@ -256,6 +257,7 @@ def test_exclude_heads_recipe(tmp_path):
     target = small_model(classes=2)
     kept = snapshot(target)["mrcnn_class_logits/kernel:0"]
     report = load_weights(target, path, exclude=[*COCO_EXCLUDE, "mrcnn_clas_logits"])
+    assert file_architecture(read_weight_shapes(path))["num_classes"] == 3
     assert report.excluded == ["mrcnn_class_logits"]
     assert report.unknown_excludes == ["mrcnn_clas_logits"]  # a typo is reported
     got, expected = snapshot(target), snapshot(source)
@@ -288,6 +290,13 @@ def test_three_channel_file_into_five_channel_model():
     np.testing.assert_array_equal(values["PREPROC/kernel:0"], preproc)
     np.testing.assert_array_equal(values["conv1/kernel:0"],
                                   golden_weight("conv1/kernel:0", (7, 7, 3, 4)))
+
+
+def test_five_channel_file_tells_its_channels(tmp_path):
+    model = small_model(channels=5)
+    path = save_weights(model, tmp_path / "five.h5")
+    assert file_architecture(read_weight_shapes(path))["image_channels"] == 5
+    assert file_architecture(read_weight_shapes(FIXTURE))["image_channels"] == 3
 
 
 def test_extra_file_layers_are_unused(tmp_path):
@@ -378,6 +387,8 @@ def test_maskrcnn_resnet50_round_trip(tmp_path):
     before = snapshot(model.keras_model)
     path = model.save_weights(tmp_path / "r50.h5")
     shapes = read_weight_shapes(path)
+    assert file_architecture(shapes) == {"backbone": "resnet50", "num_classes": 2,
+                                         "image_channels": 3}
     assert [(layer, [(n, s) for n, s, _ in ws]) for layer, ws in shapes.items() if ws] == \
         model.weighted_layers()
     for _, entries in weight_entries(model.keras_model):

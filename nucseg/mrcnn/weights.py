@@ -21,7 +21,7 @@ from nucseg.mrcnn.weights_h5 import (open_weight_root, read_group_arrays, read_w
                                      read_weight_shapes, write_weight_file)
 
 __all__ = ["COCO_EXCLUDE", "LoadReport", "WeightMismatchError", "weight_entries",
-           "model_weight_shapes", "save_weights", "load_weights", "plan_load",
+           "model_weight_shapes", "file_architecture", "save_weights", "load_weights", "plan_load",
            "read_weight_file", "read_weight_shapes"]
 
 # Matterport's recipe for COCO weights with another class count: the class-dependent heads.
@@ -82,6 +82,31 @@ def model_weight_shapes(keras_model) -> list[tuple[str, list[tuple[str, Shape]]]
     """Like weight_entries, with shapes instead of variables (what plan_load compares)."""
     return [(group, [(name, tuple(int(d) for d in v.shape)) for name, v in entries])
             for group, entries in weight_entries(keras_model)]
+
+
+def file_architecture(file_shapes) -> dict:
+    """What a weight file's shapes say about its model: backbone, NUM_CLASSES, input channels.
+
+    file_shapes is read_weight_shapes(path). Values are None when the file does not tell
+    (e.g. no class head). Lets a caller decide on the head exclusion before building a model.
+    """
+    def shape_of(layer, suffix):
+        for name, shape, *_ in file_shapes.get(layer, []):
+            if name.endswith(suffix):
+                return shape
+        return None
+
+    backbone = None
+    if file_shapes.get("res4w_branch2a"):
+        backbone = "resnet101"
+    elif file_shapes.get("res4f_branch2a"):
+        backbone = "resnet50"
+    classes = shape_of("mrcnn_class_logits", "bias:0")
+    preproc = shape_of("PREPROC", "kernel:0")
+    conv1 = shape_of("conv1", "kernel:0")
+    channels = preproc[2] if preproc else (conv1[2] if conv1 else None)
+    return {"backbone": backbone, "num_classes": classes[0] if classes else None,
+            "image_channels": channels}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Iterable
 
 import numpy as np
 
-from nucseg.mrcnn.weights import plan_load
+from nucseg.mrcnn.weights import file_architecture, plan_load
 from nucseg.mrcnn.weights_h5 import describe_weight_file
 
 
@@ -28,7 +28,7 @@ def inspect_weights(path, model_shapes=None, exclude: Iterable[str] = ()) -> dic
     layers = info.pop("layers")
     weighted = {name: ws for name, ws in layers.items() if ws}
     result = {
-        "file": str(path), **info,
+        "file": str(path), **info, **file_architecture(layers),
         "n_layers": len(layers), "n_weighted_layers": len(weighted),
         "n_tensors": sum(len(ws) for ws in weighted.values()),
         "n_values": int(sum(np.prod(shape) for ws in weighted.values() for _, shape, _ in ws)),
@@ -62,7 +62,9 @@ def format_inspection(result: dict) -> str:
     lines = [f"{Path(result['file']).name}: {result['layout']} layout, keras_version "
              f"{result['keras_version']}, backend {result['backend']}",
              f"{result['n_layers']} layers, {result['n_weighted_layers']} with weights, "
-             f"{result['n_tensors']} tensors, {result['n_values']:,} values"]
+             f"{result['n_tensors']} tensors, {result['n_values']:,} values",
+             f"looks like: backbone {result['backbone'] or '?'}, NUM_CLASSES "
+             f"{result['num_classes'] or '?'}, {result['image_channels'] or '?'} input channels"]
     width = max((len(e["name"]) for e in result["layers"]), default=10)
     planned = "plan" in result
     for entry in result["layers"]:
