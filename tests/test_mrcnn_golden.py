@@ -221,8 +221,13 @@ def check_detections_and_masks(case, golden):
     rows = np.concatenate([index, np.arange(n, len(reference))])  # padded rows pair by position
     np.testing.assert_allclose(stages["mrcnn_mask"][0][rows], golden["mrcnn_mask"][0],
                                atol=1e-4, rtol=0)
-    np.testing.assert_allclose(stages["roi_align_mask"][0][..., ::64][rows],
-                               golden["roi_align_mask_ch64"][0], atol=5e-4, rtol=0)
+    # The mask head pools the real detections plus one padding row (all padding rows are the
+    # same zero box); the padded model output above covers every row.
+    pooled = stages["roi_align_mask"][0][..., ::64]
+    assert len(pooled) == min(n + 1, len(reference))
+    pooled_rows = np.minimum(rows, len(pooled) - 1)
+    np.testing.assert_allclose(pooled[pooled_rows], golden["roi_align_mask_ch64"][0],
+                               atol=5e-4, rtol=0)
     return n
 
 

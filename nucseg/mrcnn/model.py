@@ -28,13 +28,37 @@ OUTPUT_NAMES = ("detections", "mrcnn_class", "mrcnn_bbox", "mrcnn_mask", "rpn_ro
 
 @keras.saving.register_keras_serializable(package="nucseg")
 class DetectionBoxes(KL.Layer):
-    """Detection rows [y1, x1, y2, x2, class, score] -> boxes (the mask head's ROIs)."""
+    """Detection rows -> the boxes the mask head needs: every real detection of the batch
+    plus one zero (padding) row.
+
+    Matterport runs the mask head on all DETECTION_MAX_INSTANCES rows, padding included
+    (~0.5 GMAC per row); every padding row is the same (0, 0, 0, 0) box, so one of them is
+    enough (see PadMaskRows). The cost then grows with the number of detections.
+    """
 
     def call(self, detections):
-        return detections[..., :4]
+        counts = tf.reduce_sum(tf.cast(detections[..., 4] > 0, tf.int32), axis=1)
+        rows = tf.minimum(tf.reduce_max(counts) + 1, tf.shape(detections)[1])
+        return detections[:, :rows, :4]
 
     def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (4,)
+        return (input_shape[0], None, 4)
+
+
+@keras.saving.register_keras_serializable(package="nucseg")
+class PadMaskRows(KL.Layer):
+    """[masks (B, m, h, w, C), detections (B, D, 6)] -> (B, D, h, w, C), Matterport's shape:
+    rows m..D-1 repeat row m-1, the mask of a padding box, which is what the mask head gives
+    every padding row."""
+
+    def call(self, inputs):
+        masks, detections = inputs
+        missing = tf.shape(detections)[1] - tf.shape(masks)[1]
+        return tf.concat([masks, tf.repeat(masks[:, -1:], missing, axis=1)], axis=1)
+
+    def compute_output_shape(self, input_shapes):
+        mask_shape, detection_shape = input_shapes
+        return (mask_shape[0], detection_shape[1]) + tuple(mask_shape[2:])
 
 
 def build_inference_graph(config: Config) -> tuple[list, dict]:
@@ -62,8 +86,9 @@ def build_inference_graph(config: Config) -> tuple[list, dict]:
     t["detections"] = DetectionLayer(config, name="mrcnn_detection")(
         [t["rpn_rois"], t["mrcnn_class"], t["mrcnn_bbox"], input_image_meta])
     detection_boxes = DetectionBoxes(name="detection_boxes")(t["detections"])
-    t["mrcnn_mask"] = fpn_mask_head(detection_boxes, mrcnn_feature_maps, input_image_meta,
-                                    config, train_bn=config.TRAIN_BN)
+    masks = fpn_mask_head(detection_boxes, mrcnn_feature_maps, input_image_meta, config,
+                          train_bn=config.TRAIN_BN)
+    t["mrcnn_mask"] = PadMaskRows(name="mrcnn_mask_padded")([masks, t["detections"]])
     return [input_image, input_image_meta, input_anchors], t
 
 
