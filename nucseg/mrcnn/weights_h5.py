@@ -76,7 +76,8 @@ def write_list_attribute(group, name: str, values: Sequence[str], string_format:
     values = list(values)
     too_long = [v for v in values if len(v.encode("utf-8")) > HDF5_OBJECT_HEADER_LIMIT]
     if too_long:
-        raise ValueError(f"name longer than {HDF5_OBJECT_HEADER_LIMIT} bytes: {too_long[0][:60]}...")
+        raise ValueError(f"name longer than {HDF5_OBJECT_HEADER_LIMIT} bytes: "
+                         f"{too_long[0][:60]}...")
     measure = np.asarray(values if string_format == "str" else [v.encode() for v in values])
     n_chunks = 1
     while any(chunk.nbytes > HDF5_OBJECT_HEADER_LIMIT
