@@ -202,9 +202,9 @@ def aji(gt, pred=None) -> float | None:
     union = t.union
     iou = t.inter / (union + _IOU_EPS)
     # per row, the first (lowest pred index) pair reaching the row maximum, as np.argmax picks
-    starts = np.flatnonzero(np.r_[True, t.true_idx[1:] != t.true_idx[:-1]])
-    row_max = np.maximum.reduceat(iou, starts)
-    group = np.cumsum(np.r_[True, t.true_idx[1:] != t.true_idx[:-1]]) - 1
+    new_row = np.r_[True, t.true_idx[1:] != t.true_idx[:-1]]  # pairs are sorted by row
+    row_max = np.maximum.reduceat(iou, np.flatnonzero(new_row))
+    group = np.cumsum(new_row) - 1
     hits = np.flatnonzero(iou == row_max[group])
     best = hits[np.r_[True, t.true_idx[hits[1:]] != t.true_idx[hits[:-1]]]]
 
