@@ -119,6 +119,16 @@ def test_predict_keeps_size_and_roundtrips_through_files(tmp_path):
     np.testing.assert_allclose(dist, np.maximum(direct, 0), atol=1e-5)
 
 
+def test_hematoxylin_model_takes_four_normalised_channels(tmp_path):
+    saved_model(tmp_path, channels=RGB + ["H"])
+    rgb, _ = synthetic_tile(2, 33, 40)
+    x = model_input(rgb, RGB + ["H"])
+    assert x.shape == (33, 40, 4)
+    np.testing.assert_allclose(x.reshape(-1, 4).mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(x.reshape(-1, 4).std(axis=0), 1, atol=1e-3)
+    assert predict_distance(load_unet(tmp_path), rgb).shape == (33, 40)
+
+
 def test_tiled_prediction_matches_single_pass(tmp_path):
     model = build_unet(4, 3, seed=0)
     rgb, _ = synthetic_tile(1, 200, 230, 40)
