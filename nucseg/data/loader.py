@@ -22,6 +22,7 @@ BATCH_KEYS = ("input_image", "input_image_meta", "input_rpn_match", "input_rpn_b
 class LoaderOptions:
     seed: int = 0
     normalize: bool = False      # per-image zero-mean unit-variance instead of MEAN_PIXEL
+    #                              (predict must then standardise too and use MEAN_PIXEL 0)
     workers: int = 2
     prefetch: int = 4
 

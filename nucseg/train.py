@@ -1,0 +1,398 @@
+"""`nucseg train`: staged schedules, run directories, checkpoints, resume, folds.
+
+A run directory holds config.yaml (the model Config), train.yaml (schedule and options),
+checkpoints mask_rcnn_<name>_<epoch:04d>.h5 in Matterport's layout, losses.csv (one row per
+step: the five losses, the L2 term and the total) and run.yaml (the run record). Epochs are
+absolute over the whole schedule, as in Matterport, so a checkpoint's epoch says which stage
+it belongs to and `resume` continues inside that stage with a fresh optimiser (Matterport
+does not save optimiser state either).
+"""
+from __future__ import annotations
+
+import csv
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from nucseg.data.augment import AugmentOptions
+from nucseg.data.loader import LoaderOptions
+
+HEAD_LAYERS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask")
+LOSS_COLUMNS = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
+                "mrcnn_mask_loss", "l2_loss", "loss")
+CHECKPOINT_RE = re.compile(r"mask_rcnn_(?P<name>.*)_(?P<epoch>\d{4})\.h5$")
+
+
+# ---------------------------------------------------------------------------------------------
+# schedules
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Stage:
+    name: str
+    layers: str          # preset (heads, 3+, 4+, 5+, all, preproc+heads) or a regex
+    learning_rate: float
+    epochs: int          # epochs in this stage
+    optimizer: str       # "adam" or "sgd"
+
+
+PAPER_EPOCHS = (5, 35, 5, 5)
+MATTERPORT_EPOCHS = (20, 20, 20)
+
+
+def paper_schedule(base_lr: float, epochs=PAPER_EPOCHS) -> list[Stage]:
+    """Mask R-CNN+: Adam; lr x2 on PREPROC+conv1+heads, x1 all, x0.5 5+, x0.1 heads."""
+    epochs = _epochs(epochs, 4, "paper")
+    specs = [("1", "preproc+heads", 2.0), ("2", "all", 1.0), ("3", "5+", 0.5),
+             ("4", "heads", 0.1)]
+    return [Stage(name, layers, base_lr * f, e, "adam")
+            for (name, layers, f), e in zip(specs, epochs)]
+
+
+def matterport_schedule(base_lr: float, epochs=MATTERPORT_EPOCHS) -> list[Stage]:
+    """MoNuSeg rank-6 method: SGD (momentum, global-norm clip 5), heads -> 4+ -> all / 10."""
+    epochs = _epochs(epochs, 3, "matterport")
+    return [Stage("1", "heads", base_lr, epochs[0], "sgd"),
+            Stage("2", "4+", base_lr, epochs[1], "sgd"),
+            Stage("3", "all", base_lr / 10, epochs[2], "sgd")]
+
+
+def _epochs(epochs, n, schedule):
+    epochs = [int(e) for e in epochs]
+    if len(epochs) != n or min(epochs) < 0:
+        raise ValueError(f"the {schedule} schedule needs {n} non-negative epoch counts, got "
+                         f"{epochs}")
+    return epochs
+
+
+def build_schedule(schedule: str, base_lr: float, epochs=None, layers: str | None = None,
+                   optimizer: str | None = None) -> list[Stage]:
+    """The stages of a named schedule; `layers`/`optimizer` override every stage's choice."""
+    if schedule == "paper":
+        stages = paper_schedule(base_lr, epochs or PAPER_EPOCHS)
+    elif schedule == "matterport":
+        stages = matterport_schedule(base_lr, epochs or MATTERPORT_EPOCHS)
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; use 'paper' or 'matterport'")
+    if layers:
+        stages = [replace(s, layers=layers) for s in stages]
+    if optimizer:
+        stages = [replace(s, optimizer=optimizer) for s in stages]
+    return stages
+
+
+def stage_bounds(stages: list[Stage]) -> list[tuple[int, int]]:
+    """Absolute (first epoch, end epoch) of each stage."""
+    bounds, start = [], 0
+    for s in stages:
+        bounds.append((start, start + s.epochs))
+        start += s.epochs
+    return bounds
+
+
+def selected_stages(stages: list[Stage], which: str) -> list[int]:
+    """Indices of the stages to run for `--stage N|all`."""
+    if which == "all":
+        return list(range(len(stages)))
+    names = [s.name for s in stages]
+    if str(which) not in names:
+        raise ValueError(f"--stage must be one of {', '.join(names)} or all, got {which!r}")
+    return [names.index(str(which))]
+
+
+# ---------------------------------------------------------------------------------------------
+# folds
+# ---------------------------------------------------------------------------------------------
+ORGAN_GROUPS = {"breast": ("breast",), "kidney": ("kidney",), "liver": ("liver",),
+                "prostate": ("prostate",), "bladder+colon+stomach": ("bladder", "colon", "stomach")}
+
+
+def organ_folds(metadata_csv, names) -> list[tuple[str, list[str], list[str]]]:
+    """The paper's five models: (fold name, training stems, left-out stems), one per organ group.
+
+    metadata CSV needs columns id and organ; images of organs outside the groups always train.
+    """
+    from nucseg.io import InputError
+
+    path = Path(metadata_csv)
+    if not path.is_file():
+        raise InputError(path, "metadata file not found")
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not {"id", "organ"} <= set(reader.fieldnames or ()):
+            raise InputError(path, "metadata needs columns 'id' and 'organ'")
+        organ_of = {row["id"]: row["organ"].strip().lower() for row in reader}
+    unknown = [n for n in names if n not in organ_of]
+    if unknown:
+        raise InputError(path, f"no organ for {len(unknown)} training image(s), e.g. "
+                               f"{unknown[0]}")
+    folds = []
+    for group, organs in ORGAN_GROUPS.items():
+        held = [n for n in names if organ_of[n] in organs]
+        if not held:
+            continue
+        folds.append((f"without_{group.replace('+', '_')}",
+                      [n for n in names if n not in held], held))
+    if not folds:
+        raise ValueError("no training image belongs to any organ group")
+    return folds
+
+
+def k_folds(names, k: int, seed: int = 0) -> list[tuple[str, list[str], list[str]]]:
+    """Plain k-fold cross-training: k models, each without one of k disjoint parts."""
+    if k < 2 or k > len(names):
+        raise ValueError(f"k-fold needs 2 <= k <= number of images ({len(names)}), got {k}")
+    order = np.random.default_rng(seed).permutation(len(names))
+    parts = np.array_split(order, k)
+    return [(f"fold{i + 1}", [names[j] for j in order if j not in set(part)],
+             [names[j] for j in part]) for i, part in enumerate(parts)]
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------
+def checkpoint_path(run_dir, name: str, epoch: int) -> Path:
+    return Path(run_dir) / f"mask_rcnn_{name.lower()}_{epoch:04d}.h5"
+
+
+def latest_checkpoint(run_dir) -> tuple[Path, int] | None:
+    """Newest (highest-epoch) checkpoint of a run directory, or None."""
+    found = []
+    for p in Path(run_dir).glob("mask_rcnn_*_*.h5"):
+        m = CHECKPOINT_RE.search(p.name)
+        if m:
+            found.append((int(m.group("epoch")), p))
+    if not found:
+        return None
+    epoch, path = max(found)
+    return path, epoch
+
+
+def init_weights(model, config, init, exclude=()) -> dict:
+    """Load starting weights (a Matterport HDF5 file) by name; the class-specific head layers
+    are excluded automatically when the file was trained for another class count."""
+    from nucseg.mrcnn.weights import load_weights
+    from nucseg.mrcnn.weights_h5 import read_weight_shapes
+
+    exclude = list(exclude)
+    shapes = read_weight_shapes(init)
+    logits = shapes.get("mrcnn_class_logits") or []
+    if logits and int(logits[0][1][-1]) != int(config.NUM_CLASSES):
+        exclude += [n for n in HEAD_LAYERS if n not in exclude]
+    report = load_weights(model, init, by_name=True, exclude=exclude)
+    return {"path": str(init), "excluded": sorted(set(exclude)),
+            "loaded_layers": len(getattr(report, "loaded", []) or [])}
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TrainOptions:
+    schedule: str = "paper"
+    stage: str = "all"
+    epochs: list | None = None
+    steps_per_epoch: int | None = None          # default config.STEPS_PER_EPOCH
+    learning_rate: float | None = None          # default config.LEARNING_RATE
+    layers: str | None = None                   # override every stage's layer selection
+    optimizer: str | None = None                # override every stage's optimiser
+    init: str = "none"                          # none | last | PATH
+    exclude: list = field(default_factory=list)
+    checkpoint_every: int = 1
+    progress: bool = True
+    augment: dict = field(default_factory=dict)
+    loader: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _write_yaml(path, data):
+    import yaml
+
+    from nucseg.io import _plain, atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(_plain(data), sort_keys=False), encoding="utf-8")
+
+
+def _read_yaml(path):
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+
+
+def train_run(config, dataset, run_dir, options: TrainOptions, resume: bool = False,
+              log=print) -> dict:
+    """Train one model into run_dir; returns a summary (epochs done, last checkpoint, losses).
+
+    With resume (or init 'last') the saved config/options are used and training continues
+    after the newest checkpoint, inside its stage.
+    """
+    from nucseg.io import make_record, write_record
+    from nucseg.mrcnn.config import Config
+
+    run_dir = Path(run_dir)
+    resume = resume or options.init == "last"
+    last = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise ValueError(f"{run_dir}: nothing to resume (no config.yaml)")
+        config = Config.from_yaml(run_dir / "config.yaml")
+        saved = _read_yaml(run_dir / "train.yaml") or {}
+        options = TrainOptions(**{**saved, "progress": options.progress})
+    elif last is not None:
+        raise FileExistsError(f"{run_dir} already holds checkpoints ({last[0].name}); use "
+                              "--resume to continue it or choose a new run directory")
+    if dataset.num_classes > config.NUM_CLASSES:
+        raise ValueError(f"the data set has {dataset.num_classes - 1} classes but the config "
+                         f"NUM_CLASSES is {config.NUM_CLASSES} (background included)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    name = (config.NAME or "nucseg").lower()
+    steps = int(options.steps_per_epoch or config.STEPS_PER_EPOCH)
+    base_lr = float(options.learning_rate or config.LEARNING_RATE)
+    stages = build_schedule(options.schedule, base_lr, options.epochs, options.layers,
+                            options.optimizer)
+    bounds = stage_bounds(stages)
+    todo = selected_stages(stages, options.stage)
+    if not resume:
+        config.to_yaml(run_dir / "config.yaml")
+        _write_yaml(run_dir / "train.yaml", options.to_dict())
+
+    import keras
+
+    from nucseg.data.loader import TrainingLoader
+    from nucseg.mrcnn.training import Trainer, build_training_model, make_optimizer, \
+        set_trainable
+    from nucseg.mrcnn.weights import load_weights, save_weights
+
+    seed = int(options.loader.get("seed", 0))
+    keras.utils.set_random_seed(seed)
+    model = build_training_model(config)
+    start_epoch = bounds[todo[0]][0]
+    init_info = None
+    if resume and last is not None:
+        load_weights(model, last[0], by_name=True)
+        start_epoch = max(start_epoch, last[1])
+        init_info = {"path": str(last[0]), "resumed_at_epoch": last[1]}
+    elif options.init not in ("none", "last", "", None):   # (again on a resume without a
+        # checkpoint: the run crashed in its first epoch)
+        init_info = init_weights(model, config, options.init, options.exclude)
+    loader = TrainingLoader(dataset, config, AugmentOptions(**options.augment),
+                            LoaderOptions(**options.loader))
+    csv_path = run_dir / "losses.csv"
+    _trim_csv(csv_path, start_epoch)
+
+    record = make_record("train", inputs=[p for pair in dataset.pairs for p in pair],
+                         options=options.to_dict(), run_dir=str(run_dir), images=dataset.names,
+                         stages=[asdict(s) for s in stages], init=init_info, status="running")
+    write_record(run_dir / "run.yaml", record)
+    summary = {"run_dir": str(run_dir), "checkpoint": str(last[0]) if last else None,
+               "epoch": start_epoch, "steps": 0, "first_losses": None, "last_losses": None}
+    try:
+        for index in todo:
+            stage, (first, end) = stages[index], bounds[index]
+            if end <= start_epoch or stage.epochs == 0:
+                continue
+            chosen = set_trainable(model, stage.layers)
+            trainer = Trainer(model, config, make_optimizer(stage.optimizer,
+                                                            stage.learning_rate, config))
+            log(f"stage {stage.name}: layers {stage.layers} ({len(chosen)} layers), "
+                f"{stage.optimizer} lr {stage.learning_rate:g}, epochs {max(first, start_epoch)}"
+                f" -> {end}")
+            for epoch in range(max(first, start_epoch), end):
+                losses = _run_epoch(trainer, loader, epoch, steps, stage, csv_path, options,
+                                    summary)
+                summary["epoch"] = epoch + 1
+                if (epoch + 1) % max(1, options.checkpoint_every) == 0 or epoch + 1 == end:
+                    path = checkpoint_path(run_dir, name, epoch + 1)
+                    save_weights(model, path)
+                    summary["checkpoint"] = str(path)
+                    _write_yaml(run_dir / "state.yaml", {"stage": stage.name, "epoch": epoch + 1,
+                                                        "checkpoint": path.name})
+                log(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+            start_epoch = end
+        record["status"] = "finished"
+    except KeyboardInterrupt:
+        record["status"] = "interrupted"
+        raise
+    except Exception as exc:
+        record["status"] = f"failed: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        record.update(epoch=summary["epoch"], checkpoint=summary["checkpoint"],
+                      steps_run=summary["steps"])
+        write_record(run_dir / "run.yaml", record)
+    return summary
+
+
+def _run_epoch(trainer, loader, epoch, steps, stage, csv_path, options, summary) -> dict:
+    from tqdm import tqdm
+
+    new_file = not csv_path.exists()
+    means = {k: 0.0 for k in LOSS_COLUMNS}
+    with open(csv_path, "a", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        if new_file:
+            writer.writerow(("epoch", "step", "stage", "learning_rate") + LOSS_COLUMNS
+                            + ("seconds",))
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", unit="step", file=sys.stderr,
+                   disable=not options.progress, leave=False)
+        for step, batch in loader.batches(epoch, steps):
+            start = time.perf_counter()
+            losses = trainer.step(batch)
+            seconds = time.perf_counter() - start
+            writer.writerow([epoch + 1, epoch * steps + step + 1, stage.name,
+                             f"{stage.learning_rate:g}"] + [f"{losses[k]:.6g}" for k in
+                                                            LOSS_COLUMNS] + [f"{seconds:.3f}"])
+            fh.flush()
+            for k in LOSS_COLUMNS:
+                means[k] += losses[k] / steps
+            if summary["first_losses"] is None:
+                summary["first_losses"] = dict(losses)
+            summary["last_losses"] = dict(losses)
+            summary["steps"] += 1
+            if not np.isfinite(losses["loss"]):
+                raise FloatingPointError(f"loss became {losses['loss']} at epoch {epoch + 1}, "
+                                         f"step {step + 1}; lower the learning rate")
+            bar.set_postfix({k.replace("_loss", ""): f"{losses[k]:.3f}" for k in LOSS_COLUMNS
+                             if k != "l2_loss"})
+            bar.update(1)
+        bar.close()
+    return means
+
+
+def _trim_csv(csv_path: Path, epoch: int) -> None:
+    """Drop rows after `epoch` (steps a resumed run will redo)."""
+    if not csv_path.exists():
+        return
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= epoch]
+    from nucseg.io import atomic_path
+
+    with atomic_path(csv_path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerows(kept)
+
+
+def train_folds(config, dataset, run_dir, options: TrainOptions, folds, resume=False,
+                log=print) -> list[dict]:
+    """One model per fold, each in run_dir/<fold name>/, trained without its held-out images."""
+    from nucseg.io import make_record, write_record
+
+    run_dir = Path(run_dir)
+    results = []
+    for fold_name, train_names, held_out in folds:
+        log(f"fold {fold_name}: {len(train_names)} training images, {len(held_out)} held out")
+        summary = train_run(config, dataset.subset(train_names), run_dir / fold_name, options,
+                            resume=resume and (run_dir / fold_name / "config.yaml").is_file(),
+                            log=log)
+        summary.update(fold=fold_name, held_out=held_out)
+        results.append(summary)
+    write_record(run_dir / "folds.yaml", make_record("train --folds", options=options.to_dict(),
+                                                     folds=results))
+    return results
