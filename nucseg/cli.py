@@ -56,6 +56,102 @@ def main():
 # Commands are added below, one small function each (keep this file thin).
 # --- commands ---
 
+@main.command("train")
+@click.option("-o", "--run-dir", required=True, type=click.Path(file_okay=False),
+              help="Run directory: config.yaml, train.yaml, checkpoints, losses.csv, run.yaml.")
+@click.option("--images", type=click.Path(file_okay=False, exists=True),
+              help="Directory of RGB training images.")
+@click.option("--labels", type=click.Path(file_okay=False, exists=True),
+              help="Directory of instance label maps, paired with the images by file stem.")
+@click.option("--hstain", type=click.Path(file_okay=False, exists=True),
+              help="Hematoxylin maps (default: computed from the RGB).")
+@click.option("--distance", type=click.Path(file_okay=False, exists=True),
+              help="Distance maps (default: computed from the ground-truth labels).")
+@click.option("--classes", type=click.Path(dir_okay=False, exists=True),
+              help="Class table CSV (image,label,class_id[,class_name]), e.g. from "
+                   "`nucseg import pannuke`; sets NUM_CLASSES to 1 + classes.")
+@click.option("--config", "config_spec", default="paper", show_default=True,
+              metavar="PRESET|YAML", help="paper, ren, matterport or a config YAML.")
+@click.option("--backbone", type=click.Choice(["resnet50", "resnet101"]))
+@click.option("--name", help="Model NAME (names the checkpoints).")
+@click.option("--schedule", type=click.Choice(["paper", "matterport"]), default="paper",
+              show_default=True, help="paper: Adam, 4 stages; matterport: SGD heads/4+/all.")
+@click.option("--stage", default="all", show_default=True, metavar="N|all",
+              help="Run one stage of the schedule (1-4 paper, 1-3 matterport) or all.")
+@click.option("--epochs", metavar="E1,E2,...",
+              help="Epochs per stage (default paper 5,35,5,5; matterport 20,20,20).")
+@click.option("--steps-per-epoch", type=click.IntRange(1), help="Default: STEPS_PER_EPOCH.")
+@click.option("--learning-rate", type=click.FloatRange(0, min_open=True),
+              help="Base learning rate (default: LEARNING_RATE).")
+@click.option("--layers", metavar="PRESET|REGEX",
+              help="Train these layers in every stage: heads, 3+, 4+, 5+, all, or a regex.")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), help="Override the schedule's.")
+@click.option("--init", default="none", show_default=True, metavar="PATH|none|last",
+              help="Starting weights: a Matterport .h5 (heads excluded when the class count "
+                   "differs), none, or last (= --resume).")
+@click.option("--exclude", multiple=True, metavar="LAYER", help="Layers not to load from --init.")
+@click.option("--resume", is_flag=True, help="Continue the run in --run-dir after its newest "
+                                               "checkpoint, inside its stage.")
+@click.option("--folds", metavar="organ|K", help="Train one model per fold into sub-directories.")
+@click.option("--metadata", type=click.Path(dir_okay=False, exists=True),
+              help="CSV with columns id, organ (for --folds organ).")
+@click.option("--fill-holes", is_flag=True, help="Fill holes in instance masks.")
+@click.option("--split-components", is_flag=True,
+              help="Give each connected component of an instance its own id.")
+@click.option("--normalize", is_flag=True,
+              help="Per-image zero-mean unit-variance instead of MEAN_PIXEL subtraction.")
+@click.option("--crop-size", type=click.IntRange(64), help="Random crop side (default: "
+                                                            "IMAGE_MIN_DIM, 256 paper).")
+@click.option("--no-flips", is_flag=True)
+@click.option("--no-rotate", is_flag=True)
+@click.option("--no-brightness", is_flag=True)
+@click.option("--blur", is_flag=True, help="Add Gaussian blur (RGB only).")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=1, show_default=True,
+              help="Save every N epochs (and at every stage end).")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-progress", is_flag=True)
+@friendly_errors
+def train(run_dir, images, labels, hstain, distance, classes, config_spec, backbone, name,
+          schedule, stage, epochs, steps_per_epoch, learning_rate, layers, optimizer, init,
+          exclude, resume, folds, metadata, fill_holes, split_components, normalize, crop_size,
+          no_flips, no_rotate, no_brightness, blur, checkpoint_every, workers, seed,
+          no_progress):
+    """Train Mask R-CNN+ with the paper's staged schedule (or Matterport's).
+
+    Ctrl-C leaves the last complete checkpoint; --resume continues from it.
+
+    \b
+    Example:
+      nucseg train --images data/images --labels data/labels -o runs/paper
+      nucseg train --images data/images --labels data/labels -o runs/ens \\
+          --folds organ --metadata data/metadata.csv
+      nucseg train -o runs/paper --resume
+    """
+    from nucseg.train import TrainOptions, parse_epochs, train_command
+
+    augment = {"flips": not no_flips, "rotate": not no_rotate,
+               "brightness_contrast": not no_brightness, "blur": blur}
+    if crop_size:
+        augment["crop_size"] = crop_size
+    options = TrainOptions(schedule=schedule, stage=stage, epochs=parse_epochs(epochs),
+                           steps_per_epoch=steps_per_epoch, learning_rate=learning_rate,
+                           layers=layers, optimizer=optimizer, init=init, exclude=list(exclude),
+                           checkpoint_every=checkpoint_every, progress=not no_progress,
+                           augment=augment, loader={"normalize": normalize, "workers": workers})
+    try:
+        results = train_command(run_dir, images, labels, hstain, distance, classes, config_spec,
+                                backbone, name, folds, metadata, resume, seed, options,
+                                {"fill_holes": fill_holes, "split_components": split_components},
+                                log=lambda msg: click.echo(msg, err=True))
+    except KeyboardInterrupt:
+        click.echo("interrupted: the last complete checkpoint is kept; continue with --resume",
+                   err=True)
+        sys.exit(130)
+    for r in results:
+        click.echo(f"{r['run_dir']}: epoch {r['epoch']}, checkpoint {r['checkpoint']}")
+
+
 @main.group("model")
 def model_group():
     """The Mask R-CNN(+) model: structure and parameter counts."""
@@ -388,6 +484,33 @@ def distance():
 @main.group("import")
 def import_group():
     """Convert public data sets' annotations into nucseg label maps."""
+
+
+@import_group.command("pannuke")
+@click.argument("fold_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
+              help="Output: images/, labels/, classes.csv, metadata.csv, a record.")
+@click.option("--no-progress", is_flag=True)
+@friendly_errors
+def import_pannuke_cmd(fold_dir, outdir, no_progress):
+    """PanNuke fold (images.npy, masks.npy, types.npy) -> images, label maps, class table.
+
+    Train the joint detection + classification model (NUM_CLASSES 1 + 5) with --classes.
+
+    \b
+    Example:
+      nucseg import pannuke "Fold 1" -o pannuke1/
+      nucseg train --images pannuke1/images --labels pannuke1/labels \\
+          --classes pannuke1/classes.csv -o runs/pannuke
+    """
+    from nucseg.data.pannuke import find_fold_files, import_pannuke
+    from nucseg.io import make_record, write_record
+
+    result = import_pannuke(fold_dir, outdir, progress=not no_progress)
+    write_record(Path(outdir) / "import_pannuke_record.yaml", make_record(
+        "import pannuke", inputs=list(find_fold_files(fold_dir).values()),
+        images=result.images, instances=result.instances, per_class=result.per_class))
+    click.echo(f"wrote {result.images} images with {result.instances} nuclei to {outdir}")
 
 
 @main.command("hstain")

@@ -243,10 +243,19 @@ def train_run(config, dataset, run_dir, options: TrainOptions, resume: bool = Fa
             raise ValueError(f"{run_dir}: nothing to resume (no config.yaml)")
         config = Config.from_yaml(run_dir / "config.yaml")
         saved = _read_yaml(run_dir / "train.yaml") or {}
+        saved_data = saved.pop("dataset", None)
         options = TrainOptions(**{**saved, "progress": options.progress})
+        if dataset is None:
+            if not saved_data:
+                raise ValueError(f"{run_dir}/train.yaml does not say which data it trained on")
+            from nucseg.data.dataset import Dataset
+
+            dataset = Dataset.from_description(saved_data)
     elif last is not None:
         raise FileExistsError(f"{run_dir} already holds checkpoints ({last[0].name}); use "
                               "--resume to continue it or choose a new run directory")
+    if dataset is None:
+        raise ValueError("no training data given")
     if dataset.num_classes > config.NUM_CLASSES:
         raise ValueError(f"the data set has {dataset.num_classes - 1} classes but the config "
                          f"NUM_CLASSES is {config.NUM_CLASSES} (background included)")
@@ -260,7 +269,7 @@ def train_run(config, dataset, run_dir, options: TrainOptions, resume: bool = Fa
     todo = selected_stages(stages, options.stage)
     if not resume:
         config.to_yaml(run_dir / "config.yaml")
-        _write_yaml(run_dir / "train.yaml", options.to_dict())
+        _write_yaml(run_dir / "train.yaml", {**options.to_dict(), "dataset": dataset.describe()})
 
     import keras
 
@@ -396,3 +405,67 @@ def train_folds(config, dataset, run_dir, options: TrainOptions, folds, resume=F
     write_record(run_dir / "folds.yaml", make_record("train --folds", options=options.to_dict(),
                                                      folds=results))
     return results
+
+
+def resume_folds(run_dir, options: TrainOptions, log=print) -> list[dict]:
+    """Continue every fold sub-run of an ensemble run directory."""
+    subs = [d for d in sorted(Path(run_dir).iterdir()) if (d / "train.yaml").is_file()]
+    if not subs:
+        raise ValueError(f"{run_dir}: no fold sub-directories to resume")
+    return [train_run(None, None, d, options, resume=True, log=log) for d in subs]
+
+
+def parse_epochs(text: str | None) -> list[int] | None:
+    """'5,35,5,5' -> [5, 35, 5, 5]."""
+    if not text:
+        return None
+    try:
+        return [int(v) for v in str(text).replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise ValueError(f"--epochs takes comma-separated integers, got {text!r}") from None
+
+
+def train_command(run_dir, images=None, labels=None, hstain=None, distance=None, classes=None,
+                  config_spec="paper", backbone=None, name=None, folds=None, metadata=None,
+                  resume=False, seed=0, options: TrainOptions | None = None,
+                  dataset_options: dict | None = None, log=print):
+    """What `nucseg train` does: build config and data set, then one run, folds, or a resume."""
+    from nucseg.data.dataset import Dataset
+    from nucseg.mrcnn.config import load_config
+
+    options = options or TrainOptions()
+    run_dir = Path(run_dir)
+    if resume or options.init == "last":
+        if (run_dir / "config.yaml").is_file():
+            return [train_run(None, None, run_dir, options, resume=True, log=log)]
+        return resume_folds(run_dir, options, log=log)
+    if not images or not labels:
+        raise ValueError("--images and --labels are required (except with --resume)")
+    dataset = Dataset(images, labels, hstain_dir=hstain, distance_dir=distance, classes=classes,
+                      channels=5, **(dataset_options or {}))
+    overrides = {}
+    if backbone:
+        overrides["BACKBONE"] = backbone
+    if name:
+        overrides["NAME"] = name
+    if classes:
+        overrides["NUM_CLASSES"] = dataset.num_classes
+    config = load_config(config_spec, **overrides)
+    if config.IMAGE_CHANNEL_COUNT != 5:
+        dataset = Dataset(images, labels, hstain_dir=hstain, distance_dir=distance,
+                          classes=classes, channels=config.IMAGE_CHANNEL_COUNT,
+                          **(dataset_options or {}))
+    options.loader = {**options.loader, "seed": int(seed)}
+    if folds is None:
+        return [train_run(config, dataset, run_dir, options, log=log)]
+    if str(folds) == "organ":
+        if metadata is None:
+            raise ValueError("--folds organ needs --metadata CSV (columns id, organ)")
+        fold_list = organ_folds(metadata, dataset.names)
+    else:
+        try:
+            k = int(folds)
+        except ValueError:
+            raise ValueError(f"--folds takes 'organ' or a number k, got {folds!r}") from None
+        fold_list = k_folds(dataset.names, k, seed=seed)
+    return train_folds(config, dataset, run_dir, options, fold_list, log=log)

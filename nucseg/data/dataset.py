@@ -179,6 +179,15 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def describe(self) -> dict:
+        """Everything needed to rebuild this data set (kept in a run's train.yaml)."""
+        return {**{k: None if v is None else str(v) for k, v in self._source.items()},
+                "channels": self.channels, "names": list(self.names), **self.options}
+
+    @classmethod
+    def from_description(cls, description: dict) -> "Dataset":
+        return cls(**description)
+
     def subset(self, names) -> "Dataset":
         """The same data set restricted to the given stems (folds)."""
         return Dataset(**self._source, channels=self.channels, names=list(names),

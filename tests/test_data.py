@@ -1,0 +1,178 @@
+"""Data side: PanNuke import, data sets and pre-processing, aligned augmentation, the loader."""
+import csv
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from nucseg.cli import main
+from nucseg.data.augment import AugmentOptions, augment
+from nucseg.data.dataset import Dataset, fill_holes, split_components
+from nucseg.io import read_labels, read_rgb, write_labels, write_rgb
+
+
+# ---------------------------------------------------------------------------------------------
+# PanNuke
+# ---------------------------------------------------------------------------------------------
+def _pannuke_fold(root):
+    """Two 256 x 256 images in the official nested layout, instances in several channels."""
+    images = np.zeros((2, 256, 256, 3), np.float64)
+    images[..., 0] = 200.0
+    images[1, ..., 1] = 17.4                    # PanNuke stores floats
+    masks = np.zeros((2, 256, 256, 6), np.float64)
+    masks[..., 5] = 1
+    masks[0, 10:20, 10:20, 0] = 3               # neoplastic id 3
+    masks[0, 50:60, 50:70, 0] = 8               # neoplastic id 8
+    masks[0, 100:130, 100:110, 2] = 3           # connective, same id 3 in another channel
+    masks[1, 0:5, 0:5, 4] = 11                  # epithelial
+    types = np.array(["Breast", "Colon"])
+    (root / "images" / "fold1").mkdir(parents=True)
+    (root / "masks" / "fold1").mkdir(parents=True)
+    np.save(root / "images" / "fold1" / "images.npy", images)
+    np.save(root / "images" / "fold1" / "types.npy", types)
+    np.save(root / "masks" / "fold1" / "masks.npy", masks)
+    return images, masks
+
+
+def test_import_pannuke_cli_writes_images_labels_and_class_table(tmp_path):
+    fold = tmp_path / "Fold 1"
+    images, masks = _pannuke_fold(fold)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["import", "pannuke", str(fold), "-o", str(out),
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["fold1_00000.png",
+                                                                  "fold1_00001.png"]
+    rgb = read_rgb(out / "images" / "fold1_00001.png")
+    assert rgb[0, 0].tolist() == [200, 17, 0]
+    labels = read_labels(out / "labels" / "fold1_00000.tif")
+    assert sorted(np.unique(labels)) == [0, 1, 2, 3]
+    assert (labels[10:20, 10:20] == labels[10, 10]).all() and labels[10, 10] > 0
+    assert np.count_nonzero(labels == labels[100, 100]) == 300
+    with open(out / "classes.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    by_label = {int(r["label"]): r["class_name"] for r in rows if r["image"] == "fold1_00000"}
+    assert by_label[int(labels[10, 10])] == "neoplastic"
+    assert by_label[int(labels[100, 100])] == "connective"
+    assert [r["class_id"] for r in rows if r["image"] == "fold1_00001"] == ["5"]
+    with open(out / "metadata.csv") as fh:
+        assert [r["organ"] for r in csv.DictReader(fh)] == ["Breast", "Colon"]
+    # the imported set trains a 1 + 5 class model
+    dataset = Dataset(out / "images", out / "labels", classes=out / "classes.csv", channels=3)
+    assert dataset.num_classes == 6
+    sample = dataset.load(0)
+    assert sample.class_of(int(labels[100, 100])) == 3
+
+
+def test_import_pannuke_missing_file_is_one_clear_error(tmp_path):
+    (tmp_path / "fold").mkdir()
+    np.save(tmp_path / "fold" / "images.npy", np.zeros((1, 4, 4, 3)))
+    result = CliRunner().invoke(main, ["import", "pannuke", str(tmp_path / "fold"), "-o",
+                                       str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "masks.npy" in result.output and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# data set and pre-processing
+# ---------------------------------------------------------------------------------------------
+def test_fill_holes_and_split_components():
+    labels = np.zeros((10, 20), np.int32)
+    labels[1:6, 1:6] = 1
+    labels[3, 3] = 0                    # a hole
+    labels[1:3, 10:12] = 2
+    labels[6:8, 15:18] = 2              # a second component of instance 2
+    filled = fill_holes(labels)
+    assert filled[3, 3] == 1 and np.array_equal(filled[labels > 0], labels[labels > 0])
+    split, classes = split_components(filled, {2: 4})
+    assert len(np.unique(split)) == 4 and split[6, 15] not in (0, 1, 2)
+    assert classes[int(split[6, 15])] == 4
+
+
+def test_dataset_pairs_by_stem_and_builds_five_channels(tmp_path):
+    rgb = np.full((64, 64, 3), 120, np.uint8)
+    labels = np.zeros((64, 64), np.int32)
+    labels[10:20, 10:20] = 1
+    labels[30:50, 30:40] = 2
+    write_rgb(tmp_path / "im" / "a.png", rgb)
+    write_rgb(tmp_path / "im" / "b.png", rgb)
+    write_labels(tmp_path / "lab" / "a_labels.tif", labels)
+    with pytest.warns(UserWarning, match="without a label map"):
+        dataset = Dataset(tmp_path / "im", tmp_path / "lab")
+    assert dataset.names == ["a"] and dataset.num_classes == 2
+    image = dataset.load(0).image
+    assert image.shape == (64, 64, 5) and image.dtype == np.uint8
+    assert image[..., 3].max() == 255 and image[35, 35, 3] == 255   # deepest point of nucleus 2
+    assert image[0, 0, 3] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentation
+# ---------------------------------------------------------------------------------------------
+def test_augmentation_moves_channels_and_labels_together():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((300, 300), np.int32)
+    for k in range(1, 30):
+        y, x = rng.integers(0, 280, 2)
+        labels[y:y + 15, x:x + 12] = k
+    image = np.zeros((300, 300, 5), np.uint8)
+    image[..., :3] = 80
+    image[labels > 0, :3] = 200
+    image[..., 3] = np.where(labels > 0, 150, 0)      # distance-like channel
+    image[..., 4] = np.where(labels > 0, 90, 0)       # hematoxylin-like channel
+    options = AugmentOptions(crop_size=256, brightness_contrast=False)
+    seen_rotation = False
+    for seed in range(8):
+        out, lab = augment(image, labels, options, seed)
+        assert out.shape == (256, 256, 5) and lab.shape == (256, 256)
+        inside = lab > 0
+        assert np.array_equal(out[..., 3] == 150, inside)          # nearest: exact values
+        assert np.array_equal(out[..., 4] == 90, inside)
+        assert set(np.unique(lab)) <= set(np.unique(labels))       # no new ids
+        seen_rotation |= bool(((out[..., 0] == 0) & ~inside).any())  # rotated-in border
+    assert seen_rotation
+    again, lab_again = augment(image, labels, options, 5)
+    assert np.array_equal(again, augment(image, labels, options, 5)[0])
+
+
+def test_photometric_transforms_leave_extra_channels_alone():
+    image = np.random.default_rng(1).integers(0, 255, (256, 256, 5)).astype(np.uint8)
+    labels = np.zeros((256, 256), np.int32)
+    options = AugmentOptions(crop_size=256, flips=False, rotate=False, blur=True)
+    changed = False
+    for seed in range(10):
+        out, _ = augment(image, labels, options, seed)
+        assert np.array_equal(out[..., 3:], image[..., 3:])
+        changed |= not np.array_equal(out[..., :3], image[..., :3])
+    assert changed
+
+
+# ---------------------------------------------------------------------------------------------
+# loader
+# ---------------------------------------------------------------------------------------------
+def test_loader_batches_are_deterministic_and_consistent(tmp_path):
+    from nucseg.data.loader import LoaderOptions, TrainingLoader
+    from nucseg.mrcnn.config import Config
+
+    rng = np.random.default_rng(2)
+    labels = np.zeros((300, 300), np.int32)
+    for k in range(1, 40):
+        y, x = rng.integers(0, 285, 2)
+        labels[y:y + 14, x:x + 14] = k
+    write_rgb(tmp_path / "im" / "t.png", rng.integers(0, 255, (300, 300, 3)).astype(np.uint8))
+    write_labels(tmp_path / "lab" / "t.tif", labels)
+    dataset = Dataset(tmp_path / "im", tmp_path / "lab")
+    config = Config.preset("paper", MAX_GT_INSTANCES=50)
+    loader = TrainingLoader(dataset, config, options=LoaderOptions(seed=4, workers=2))
+    streamed = dict(loader.batches(0, 3))
+    again = loader.batch(0, 2)
+    assert all(np.array_equal(streamed[2][k], again[k]) for k in again)
+    assert not np.array_equal(streamed[1]["input_image"], streamed[2]["input_image"])
+    b = streamed[0]
+    n = int((b["input_gt_class_ids"][0] > 0).sum())
+    boxes = b["input_gt_boxes"][0][:n]
+    assert n > 10 and (boxes[:, 2] > boxes[:, 0]).all() and boxes.max() <= 256
+    assert b["input_gt_masks"][0][..., :n].any(axis=(0, 1)).all()
+    assert not b["input_gt_masks"][0][..., n:].any()
+    positives = int((b["input_rpn_match"][0] == 1).sum())
+    assert 0 < positives <= 128 and np.abs(b["input_rpn_bbox"][0][:positives]).sum() > 0
