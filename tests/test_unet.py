@@ -241,3 +241,13 @@ def test_resumed_training_equals_uninterrupted_and_checks_options(tiny_dataset, 
     assert resumed.keys() == straight.keys()
     for name in straight:
         np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+
+
+def test_time_budget_stop_keeps_a_loadable_resumable_model(tiny_dataset, tmp_path):
+    pairs = training_pairs(tiny_dataset / "images", tiny_dataset / "labels")
+    opts = dict(width=4, batch_size=2, seed=3, epochs=3)
+    summary = train_unet(pairs, tmp_path, TrainOptions(max_seconds=0, **opts), progress=False)
+    assert summary["stopped_early"] and summary["epochs_done"] == 0
+    assert load_unet(tmp_path).config.width == 4
+    with np.load(tmp_path / "checkpoints" / "state.npz", allow_pickle=False) as state:
+        assert int(state["epochs_done"]) == 0  # --resume starts the interrupted epoch again

@@ -248,6 +248,7 @@ def train_unet(pairs, model_dir, opts: TrainOptions | None = None, resume: bool 
     model_dir.mkdir(parents=True, exist_ok=True)
     log_rows = _read_log(model_dir / LOG_NAME, start_epoch)
     config.training = {**{k: v for k, v in vars(opts).items() if k != "extra"}, **opts.extra,
+                       "width": config.width, "hematoxylin": config.uses_hematoxylin,
                        "images": [str(p) for p, _ in pairs], "epochs_done": start_epoch}
     write_config(model_dir, config)
     step = _make_train_step(model, optimizer)
@@ -268,8 +269,8 @@ def train_unet(pairs, model_dir, opts: TrainOptions | None = None, resume: bool 
         for idx in bar:
             x, y, mask = make_batch([_crop_and_augment(samples[i], opts, rng) for i in idx])
             loss = float(step(x, y, mask))
-            loss_sum += loss * mask.sum()
-            pixel_sum += mask.sum()
+            loss_sum += loss * float(mask.sum())
+            pixel_sum += float(mask.sum())
             bar.set_postfix(mse=f"{loss:.3f}")
             if opts.max_seconds is not None and time.monotonic() - started > opts.max_seconds:
                 stopped_early = True
@@ -278,7 +279,7 @@ def train_unet(pairs, model_dir, opts: TrainOptions | None = None, resume: bool 
         if stopped_early:
             break
         row = {"epoch": epoch + 1, "learning_rate": lr,
-               "train_mse": round(loss_sum / max(pixel_sum, 1), 6),
+               "train_mse": round(float(loss_sum / max(pixel_sum, 1)), 6),
                "val_mse": round(evaluate(model, val_samples), 6) if val_samples else "",
                "seconds": round(time.monotonic() - epoch_start, 2)}
         _finish_epoch(model_dir, model, optimizer, config, epoch + 1, opts)
@@ -293,6 +294,7 @@ def train_unet(pairs, model_dir, opts: TrainOptions | None = None, resume: bool 
         # keep what was learnt; the state still says the last completed epoch, so --resume
         # repeats the interrupted epoch from these weights (not bit-identical to one run)
         save_weights(model, model_dir / "unet.weights.h5")
+        _save_state(model_dir, model, optimizer, epoch)
     return {"model_dir": str(model_dir), "epochs_done": epoch,
             "stopped_early": stopped_early, "seconds": round(time.monotonic() - started, 1),
             "log": log_rows, "config": config.to_dict()}
