@@ -144,6 +144,22 @@ class MaskRCNN:
     def count_trainable_params(self) -> int:
         return int(sum(np.prod(v.shape) for v in self.keras_model.trainable_weights))
 
+    def set_detection_options(self, min_confidence=None, nms_threshold=None,
+                              mask_threshold=None) -> None:
+        """Change DETECTION_MIN_CONFIDENCE / DETECTION_NMS_THRESHOLD /
+        DETECTION_MASK_THRESHOLD without rebuilding the model (graphs re-trace on next use)."""
+        changes = {key: float(value) for key, value in (
+            ("DETECTION_MIN_CONFIDENCE", min_confidence),
+            ("DETECTION_NMS_THRESHOLD", nms_threshold),
+            ("DETECTION_MASK_THRESHOLD", mask_threshold)) if value is not None}
+        if not changes:
+            return
+        self.config = self.config.copy(**changes)
+        layer = self.keras_model.get_layer("mrcnn_detection")
+        layer.min_confidence = float(self.config.DETECTION_MIN_CONFIDENCE or 0.0)
+        layer.nms_threshold = float(self.config.DETECTION_NMS_THRESHOLD)
+        self._runners.clear()
+
     # --------------------------------------------------------------------------- inference
     def submodel(self, names) -> keras.Model:
         """A model from the same inputs to the named stage tensors (shares all weights).
