@@ -1,7 +1,8 @@
 """Detection on images larger than the model input: overlapping tiles, one owner per nucleus.
 
-The image is cut into a grid of *cores* that partition it; each tile is its core plus a margin
-of overlap/2 on every side (clipped at the image border). A detection is kept only by the tile
+Full-size tiles are spread evenly over the image, neighbours overlapping by at least `overlap`;
+each tile owns a *core*, the cores meeting in the middle of each overlap, so the cores partition
+the image and every core keeps at least overlap/2 from its tile's inner edges. A detection is kept only by the tile
 whose core contains its box centre, so a nucleus smaller than the margin is always seen whole
 by its owner and never twice. Two tiles that both see a nucleus lying on the core boundary may
 each place its centre on their own side by a fraction of a pixel: such cross-tile pairs (box
@@ -36,8 +37,15 @@ class Region:
         return (self.tile[2] - self.tile[0], self.tile[3] - self.tile[1])
 
 
-def _cuts(length: int, n: int) -> list[int]:
-    return [round(k * length / n) for k in range(n + 1)]
+def _axis_plan(length: int, tile_size: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """(tile start, tile end, core start, core end) along one axis: full-size tiles spread
+    evenly with at least `overlap` between neighbours; cores meet mid-overlap."""
+    if length <= tile_size:
+        return [(0, length, 0, length)]
+    n = math.ceil((length - overlap) / (tile_size - overlap))
+    starts = [round(k * (length - tile_size) / (n - 1)) for k in range(n)]
+    bounds = [0] + [(starts[k] + tile_size + starts[k + 1]) // 2 for k in range(n - 1)] + [length]
+    return [(starts[k], starts[k] + tile_size, bounds[k], bounds[k + 1]) for k in range(n)]
 
 
 def _region(core, shape, margin, depth=0) -> Region:
@@ -54,12 +62,10 @@ def plan_tiles(shape, tile_size: int, overlap: int = 128) -> list[Region]:
         return [Region((0, 0, height, width), (0, 0, height, width))]
     if not 0 <= overlap < tile_size:
         raise ValueError(f"tile overlap must be in [0, tile size {tile_size}), got {overlap}")
-    margin = overlap // 2
-    step = tile_size - 2 * margin
-    ys = _cuts(height, max(1, math.ceil(height / step)))
-    xs = _cuts(width, max(1, math.ceil(width / step)))
-    return [_region((ys[i], xs[j], ys[i + 1], xs[j + 1]), (height, width), margin)
-            for i in range(len(ys) - 1) for j in range(len(xs) - 1)]
+    rows = _axis_plan(height, tile_size, overlap)
+    cols = _axis_plan(width, tile_size, overlap)
+    return [Region((ty1, tx1, ty2, tx2), (cy1, cx1, cy2, cx2))
+            for ty1, ty2, cy1, cy2 in rows for tx1, tx2, cx1, cx2 in cols]
 
 
 def split_region(region: Region, shape, margin: int, min_core: int = 32) -> list[Region]:

@@ -1,0 +1,266 @@
+"""Prediction: TTA round trip, tiling seams, saturated tiles, outputs, merge later, resume,
+bad inputs; one end-to-end run of the command line on a tiny random-weight Mask R-CNN."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+import yaml
+from click.testing import CliRunner
+
+from nucseg.channels import ChannelSources, model_input
+from nucseg.cli import main
+from nucseg.io import read_labels, write_float_map, write_rgb
+from nucseg.members import Member
+from nucseg.predict import (PredictOptions, image_members, merge_from_paths, predict_images)
+from nucseg.tiling import detect_tiled, plan_tiles
+from nucseg.tta import View, make_views
+
+
+class BlobDetector:
+    """Stand-in detector: dark connected blobs; translation- and flip-equivariant.
+
+    Soft mask = darkness (1 - grey / 400) on the blob's pixels; score from the area only, so
+    it does not depend on pixel order. Returns at most `max_instances` (highest scores).
+    """
+
+    def __init__(self, max_instances=400, name="blobs"):
+        self.config = SimpleNamespace(IMAGE_CHANNEL_COUNT=3, DETECTION_MAX_INSTANCES=max_instances)
+        self.name = name
+        self.calls = 0
+
+    def detect(self, images):
+        results = []
+        for image in images:
+            self.calls += 1
+            grey = image[..., :3].astype(np.float32).mean(-1)
+            count, comp, stats, _ = cv2.connectedComponentsWithStats(
+                (grey < 120).astype(np.uint8), connectivity=4)
+            rois, scores, masks = [], [], []
+            for k in range(1, count):
+                x, y, w, h, area = stats[k]
+                rois.append([y, x, y + h, x + w])
+                scores.append(area / (area + 50.0))
+                masks.append(np.where(comp[y:y + h, x:x + w] == k,
+                                      1 - grey[y:y + h, x:x + w] / 400, 0).astype(np.float32))
+            order = sorted(range(len(rois)), key=lambda i: (-scores[i], rois[i]))
+            order = order[:self.config.DETECTION_MAX_INSTANCES]
+            results.append({"rois": np.array([rois[i] for i in order], np.int32).reshape(-1, 4),
+                            "scores": np.array([scores[i] for i in order], np.float32),
+                            "class_ids": np.ones(len(order), np.int32),
+                            "masks": [masks[i] for i in order]})
+        return results
+
+
+def blob_image(shape, n, seed, margin=14):
+    """Light background with `n` dark soft disks (radius 5-9) kept `margin` px from the edges
+    and apart from each other."""
+    rng = np.random.default_rng(seed)
+    image = np.full(shape + (3,), 225, np.uint8)
+    centres = []
+    for _ in range(100000):
+        if len(centres) == n:
+            break
+        c = rng.uniform(margin, np.array(shape) - margin)
+        if all(np.hypot(*(c - d)) > 22 for d in centres):
+            centres.append(c)
+    assert len(centres) == n, "no room for that many blobs"
+    for cy, cx in centres:
+        r = rng.uniform(5, 9)
+        y0, x0 = int(cy) - 10, int(cx) - 10
+        yy, xx = np.mgrid[y0:y0 + 21, x0:x0 + 21]
+        d = np.hypot(yy - cy, xx - cx)
+        inside = d <= r
+        image[yy[inside], xx[inside]] = (40 + 60 * d[inside] / r).astype(np.uint8)[:, None]
+    return image
+
+
+def as_set(rois):
+    return {tuple(int(v) for v in r) for r in rois}
+
+
+def test_tta_views_map_back_exactly():
+    image = blob_image((150, 170), 12, seed=1)
+    members = image_members([BlobDetector()], image, "x", PredictOptions(tta=True,
+                                                                        progress=False))
+    assert [m.transform for m in members] == ["identity", "hflip", "vflip", "hsv"]
+    base = members[0]
+    assert len(base) == 12
+    order = lambda m: np.lexsort((m.rois[:, 1], m.rois[:, 0]))  # noqa: E731
+    for flipped in members[1:3]:
+        np.testing.assert_array_equal(flipped.rois[order(flipped)], base.rois[order(base)])
+        for i, j in zip(order(flipped), order(base)):
+            np.testing.assert_array_equal(flipped.masks[i], base.masks[j])
+    # the HSV view changes colours only: the same blobs, boxes within a pixel
+    assert len(members[3]) == 12
+    view = make_views(True, seed=0)[3]
+    shifted = view.apply(image)
+    assert shifted.shape == image.shape and not np.array_equal(shifted, image)
+
+
+def test_view_inverse_on_boxes():
+    member = Member([[2, 3, 7, 10]], [0.9], [1], [np.arange(35, dtype=np.float32).reshape(5, 7)
+                                                   / 40], (20, 30))
+    h = View("hflip").invert(member)
+    np.testing.assert_array_equal(h.rois, [[2, 20, 7, 27]])
+    np.testing.assert_array_equal(h.masks[0], member.masks[0][:, ::-1])
+    v = View("vflip").invert(member)
+    np.testing.assert_array_equal(v.rois, [[13, 3, 18, 10]])
+    np.testing.assert_array_equal(View("vflip").invert(v).rois, member.rois)
+
+
+def test_mosaic_tiles_give_the_per_tile_nuclei_without_seam_duplicates():
+    pieces = [blob_image((1000, 1000), 60, seed=s) for s in range(4)]
+    mosaic = \
+        np.concatenate([np.concatenate(pieces[:2], 1), np.concatenate(pieces[2:], 1)], 0)
+    detector = BlobDetector()
+    want_rois, want_masks = [], {}
+    for k, piece in enumerate(pieces):
+        out = detector.detect([piece])[0]
+        shift = np.array([1000 * (k // 2), 1000 * (k % 2)] * 2)
+        for r, m in zip(out["rois"], out["masks"]):
+            want_rois.append(r + shift)
+            want_masks[tuple(int(v) for v in r + shift)] = m
+    regions = plan_tiles(mosaic.shape[:2], 512, 128)
+    assert len(regions) == 25                          # 2000 px: 5 tiles of 512 per axis
+    seams = {r.core[0] for r in regions} | {r.core[1] for r in regions}
+    found, info = detect_tiled(detector, mosaic, 512, 128, max_instances=400)
+    assert len(found["rois"]) == len(want_rois) == 240
+    assert as_set(found["rois"]) == as_set(want_rois)  # no doubles, none missing
+    cut = [r for r in found["rois"] if any(r[0] < s < r[2] or r[1] < s < r[3] for s in seams)]
+    assert len(cut) > 5                                # nuclei do lie across tile seams
+    for r, m in zip(found["rois"], found["masks"]):
+        np.testing.assert_array_equal(m, want_masks[tuple(int(v) for v in r)])
+    assert info["splits"] == 0 and info["tiles"] == 25 and info["seam_duplicates"] == 0
+
+
+def test_tile_with_max_detections_is_split_and_rerun():
+    image = blob_image((300, 300), 40, seed=2)
+    found, info = detect_tiled(BlobDetector(max_instances=15), image, 1024, 128,
+                               max_instances=15)
+    assert info["splits"] >= 1
+    assert as_set(found["rois"]) == as_set(BlobDetector().detect([image])[0]["rois"])
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "in"
+    paths = []
+    for k in range(2):
+        paths.append(write_rgb(folder / f"tile{k}.png", blob_image((160, 200), 10, seed=10 + k)))
+    return paths
+
+
+def read_outputs(outdir, stem):
+    out = Path(outdir)
+    return (read_labels(out / f"{stem}_labels.tif"),
+            (out / f"{stem}.geojson").read_text(), (out / f"{stem}_nuclei.csv").read_text())
+
+
+def test_predict_writes_outputs_and_merging_later_is_identical(tmp_path, images):
+    opts = PredictOptions(tta=True, keep_members=True, overlay=True, progress=False)
+    detectors = [BlobDetector(name="a"), BlobDetector(name="b")]
+    failures, skipped = predict_images(images, detectors, tmp_path / "out", opts)
+    assert failures == [] and skipped == 0
+    for path in images:
+        stem = path.stem
+        for suffix in ("_labels.tif", ".geojson", "_nuclei.csv", "_overlay.png", "_record.yaml"):
+            assert (tmp_path / "out" / f"{stem}{suffix}").is_file()
+        record = yaml.safe_load((tmp_path / "out" / f"{stem}_record.yaml").read_text())
+        assert len(record["members"]) == 8 and record["nuclei"] == 10
+        assert record["inputs"][0]["sha256"]
+        assert tifffile.imread(tmp_path / "out" / f"{stem}_labels.tif").dtype == np.uint16
+    members = sorted((tmp_path / "out").glob("*_member*.npz"))
+    assert len(members) == 16
+    failures, n = merge_from_paths(members, tmp_path / "later",
+                                   PredictOptions(overlay=True, progress=False))
+    assert failures == [] and n == 2
+    for path in images:
+        inside = read_outputs(tmp_path / "out", path.stem)
+        later = read_outputs(tmp_path / "later", path.stem)
+        np.testing.assert_array_equal(inside[0], later[0])
+        assert inside[1] == later[1] and inside[2] == later[2]
+
+
+def test_bad_image_is_reported_and_resume_skips_finished(tmp_path, images):
+    bad = images[0].parent / "broken.png"
+    bad.write_bytes(b"not an image")
+    detector = BlobDetector()
+    opts = PredictOptions(progress=False)
+    failures, _ = predict_images([images[0], bad, images[1]], [detector], tmp_path / "o", opts)
+    assert len(failures) == 1 and "broken.png" in failures[0]
+    assert not list((tmp_path / "o").glob("broken*"))
+    assert all((tmp_path / "o" / f"{p.stem}_record.yaml").is_file() for p in images)
+    calls = detector.calls
+    (tmp_path / "o" / f"{images[1].stem}_nuclei.csv").unlink()      # an incomplete output
+    failures, skipped = predict_images(images, [detector], tmp_path / "o",
+                                       PredictOptions(progress=False, resume=True))
+    assert failures == [] and skipped == 1 and detector.calls == calls + 1
+    assert (tmp_path / "o" / f"{images[1].stem}_nuclei.csv").is_file()
+
+
+def test_five_channel_input_order_and_scaling(tmp_path):
+    rgb = blob_image((60, 80), 2, seed=3)
+    dist = np.zeros((60, 80), np.float32)
+    dist[10:20, 10:20] = 4.0
+    dist[12, 12] = 8.0
+    write_float_map(tmp_path / "img_dist.tif", dist)
+    stack, extra = model_input(rgb, 5, "img", ChannelSources(distance_dir=tmp_path))
+    assert stack.shape == (60, 80, 5) and stack.dtype == np.uint8
+    np.testing.assert_array_equal(stack[..., :3], rgb)
+    assert stack[12, 12, 3] == 255 and stack[15, 15, 3] == 127 and stack[0, 0, 3] == 0
+    assert stack[..., 4].max() == 255                     # hematoxylin scaled per image
+    darkest = np.unravel_index(np.argmax(rgb.sum(-1) == rgb.sum(-1).min()), (60, 80))
+    assert stack[darkest + (4,)] > 200 and stack[0, 0, 4] < 50      # dark nuclei: high H
+    with pytest.raises(ValueError, match="distance"):
+        model_input(rgb, 5, "img", ChannelSources())
+    with pytest.raises(Exception, match="no distance map"):
+        model_input(rgb, 5, "other", ChannelSources(distance_dir=tmp_path))
+
+
+def test_command_line_end_to_end_on_a_tiny_random_model(tmp_path, images):
+    """ResNet-50 Mask R-CNN+ (5 channels) with random weights: predict with TTA, a bad image in
+    the batch, members kept; merge them later; --resume then loads no model."""
+    from nucseg.mrcnn import Config, MaskRCNN
+
+    config = Config.preset("paper", IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64,
+                           DETECTION_MAX_INSTANCES=20, POST_NMS_ROIS_INFERENCE=100,
+                           PRE_NMS_LIMIT=500, DETECTION_MIN_CONFIDENCE=0.0)
+    run = tmp_path / "run"
+    run.mkdir()
+    MaskRCNN(config.copy(GPU_COUNT=1, IMAGES_PER_GPU=1)).save_weights(
+        run / "mask_rcnn_paper_0005.h5")
+    config.to_yaml(run / "config.yaml")
+    dist_dir = tmp_path / "dist"
+    for p in images:
+        write_float_map(dist_dir / f"{p.stem}_dist.tif", np.ones((160, 200), np.float32))
+    bad = images[0].parent / "broken.png"
+    bad.write_bytes(b"\x89PNG broken")
+    out = tmp_path / "out"
+    runner = CliRunner()
+    args = ["predict", str(images[0]), str(bad), "-m", str(run), "--distance-dir",
+            str(dist_dir), "-o", str(out), "--tta", "--keep-members", "--min-members", "1",
+            "--min-area", "1"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "broken.png" in result.output
+    stem = images[0].stem
+    record = yaml.safe_load((out / f"{stem}_record.yaml").read_text())
+    assert record["models"][0]["weights"].endswith("mask_rcnn_paper_0005.h5")
+    assert [m["transform"] for m in record["members"]] == ["identity", "hflip", "vflip", "hsv"]
+    assert sum(m["detections"] for m in record["members"]) > 0   # DETECTION_MIN_CONFIDENCE 0
+    for suffix in ("_labels.tif", ".geojson", "_nuclei.csv", "_member00.npz", "_member03.npz"):
+        assert (out / f"{stem}{suffix}").is_file()
+    result = runner.invoke(main, ["merge", *map(str, out.glob("*_member*.npz")), "-o",
+                                  str(tmp_path / "later"), "--min-members", "1",
+                                  "--min-area", "1"])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(read_outputs(out, stem)[0],
+                                  read_outputs(tmp_path / "later", stem)[0])
+    assert read_outputs(out, stem)[1:] == read_outputs(tmp_path / "later", stem)[1:]
+    result = runner.invoke(main, args[:1] + [str(images[0])] + args[3:] + ["--resume"])
+    assert result.exit_code == 0 and "already done" in result.output
