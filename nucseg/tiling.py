@@ -10,7 +10,8 @@ IoU > 0.5) keep the higher score.
 
 A tile whose detector returns exactly `max_instances` detections has probably been cut off by
 DETECTION_MAX_INSTANCES; its core is split in four and the parts run again (recursively, down to
-a minimum core size), and the number of splits is reported.
+a minimum core size and at most `max_split_depth` times), and the number of splits and of
+tiles still saturated is reported.
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def _batches(regions: list[Region], batch_size: int):
 
 def detect_tiled(detector, image: np.ndarray, tile_size: int, overlap: int = 128,
                  max_instances: int | None = None, batch_size: int = 1,
-                 on_tile=None) -> tuple[dict, dict]:
+                 on_tile=None, max_split_depth: int = 3) -> tuple[dict, dict]:
     """Run `detector.detect` over tiles; returns (detections in image pixels, info).
 
     The detections dict has rois, scores, class_ids, masks (as a detect() result, without the
@@ -109,7 +110,8 @@ def detect_tiled(detector, image: np.ndarray, tile_size: int, overlap: int = 128
             for region, out in zip(batch, outputs):
                 found = len(out["scores"])
                 if max_instances and found >= max_instances:
-                    parts = split_region(region, shape, margin)
+                    parts = (split_region(region, shape, margin)
+                             if region.depth < max_split_depth else [region])
                     if len(parts) > 1:
                         queue.extend(parts)
                         info["splits"] += 1

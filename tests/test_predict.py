@@ -228,7 +228,7 @@ def test_command_line_end_to_end_on_a_tiny_random_model(tmp_path, images):
     from nucseg.mrcnn import Config, MaskRCNN
 
     config = Config.preset("paper", IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64,
-                           DETECTION_MAX_INSTANCES=20, POST_NMS_ROIS_INFERENCE=100,
+                           DETECTION_MAX_INSTANCES=100, POST_NMS_ROIS_INFERENCE=100,
                            PRE_NMS_LIMIT=500, DETECTION_MIN_CONFIDENCE=0.0)
     run = tmp_path / "run"
     run.mkdir()
@@ -253,6 +253,7 @@ def test_command_line_end_to_end_on_a_tiny_random_model(tmp_path, images):
     assert record["models"][0]["weights"].endswith("mask_rcnn_paper_0005.h5")
     assert [m["transform"] for m in record["members"]] == ["identity", "hflip", "vflip", "hsv"]
     assert sum(m["detections"] for m in record["members"]) > 0   # DETECTION_MIN_CONFIDENCE 0
+    assert record["splits_after_max_detections"] == 0
     for suffix in ("_labels.tif", ".geojson", "_nuclei.csv", "_member00.npz", "_member03.npz"):
         assert (out / f"{stem}{suffix}").is_file()
     result = runner.invoke(main, ["merge", *map(str, out.glob("*_member*.npz")), "-o",
