@@ -18,7 +18,7 @@ import numpy as np
 
 from nucseg.channels import ChannelSources, model_input
 from nucseg.export import write_geojson, write_nuclei_csv, write_overlay
-from nucseg.io import (InputError, make_record, output_path, read_rgb, run_batch, write_labels,
+from nucseg.io import (InputError, make_record, read_rgb, run_batch, write_labels,
                        write_record)
 from nucseg.members import Member, load_member, save_member
 from nucseg.merge import METHODS, merge_members

@@ -2,9 +2,9 @@
 
 Full-size tiles are spread evenly over the image, neighbours overlapping by at least `overlap`;
 each tile owns a *core*, the cores meeting in the middle of each overlap, so the cores partition
-the image and every core keeps at least overlap/2 from its tile's inner edges. A detection is kept only by the tile
-whose core contains its box centre, so a nucleus smaller than the margin is always seen whole
-by its owner and never twice. Two tiles that both see a nucleus lying on the core boundary may
+the image and every core keeps at least overlap/2 from its tile's inner edges. A detection is
+kept only by the tile whose core contains its box centre, so a nucleus smaller than overlap/2
+is always seen whole by its owner and never twice. Two tiles that both see a nucleus lying on the core boundary may
 each place its centre on their own side by a fraction of a pixel: such cross-tile pairs (box
 IoU > 0.5) keep the higher score.
 
