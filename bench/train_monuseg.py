@@ -159,6 +159,24 @@ def r101_step_time(steps, rois):
     return trace, times
 
 
+def train_and_report(config, dataset, args, run_dir):
+    print(f"training ResNet-50 paper config from scratch for {args.budget_minutes:g} min "
+          f"(Adam lr {args.learning_rate:g}, all layers, 256 crops, "
+          f"{config.TRAIN_ROIS_PER_IMAGE} ROIs)")
+    weights, losses, step_times, first, wall = train_for_budget(
+        config, dataset, args.budget_minutes * 60, args.learning_rate, args.seed, run_dir)
+    n = len(losses)
+    print(f"steps: {n} in {wall:.0f} s -> {n / wall:.3f} steps/s overall; first step "
+          f"(incl. graph tracing) {first:.1f} s; later steps median "
+          f"{np.median(step_times) if step_times else float('nan'):.2f} s "
+          f"({1 / np.median(step_times) if step_times else float('nan'):.3f} steps/s)")
+    summarize_losses(losses)
+    print(f"checkpoint: {weights}")
+    print(f"peak RSS so far: {peak_rss_mb():.0f} MB")
+
+    return weights
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget-minutes", type=float, default=60.0,
@@ -172,6 +190,7 @@ def main():
                         help="TRAIN_ROIS_PER_IMAGE values for the R-101 timing (paper: 600; "
                              "64 is what the issue's 2 s/step reference port used)")
     parser.add_argument("--run-dir", help="keep the checkpoint here (default: a temp dir)")
+    parser.add_argument("--weights", help="skip training: evaluate this checkpoint")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -188,19 +207,11 @@ def main():
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="nucseg_bench_"))
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    print(f"training ResNet-50 paper config from scratch for {args.budget_minutes:g} min "
-          f"(Adam lr {args.learning_rate:g}, all layers, 256 crops, "
-          f"{config.TRAIN_ROIS_PER_IMAGE} ROIs)")
-    weights, losses, step_times, first, wall = train_for_budget(
-        config, dataset, args.budget_minutes * 60, args.learning_rate, args.seed, run_dir)
-    n = len(losses)
-    print(f"steps: {n} in {wall:.0f} s -> {n / wall:.3f} steps/s overall; first step "
-          f"(incl. graph tracing) {first:.1f} s; later steps median "
-          f"{np.median(step_times) if step_times else float('nan'):.2f} s "
-          f"({1 / np.median(step_times) if step_times else float('nan'):.3f} steps/s)")
-    summarize_losses(losses)
-    print(f"checkpoint: {weights}")
-    print(f"peak RSS so far: {peak_rss_mb():.0f} MB")
+    if args.weights:
+        weights = Path(args.weights)
+        print(f"evaluating {weights} (no training)")
+    else:
+        weights = train_and_report(config, dataset, args, run_dir)
 
     if args.eval_tiles > 0:
         label = {"gt": "ORACLE ground-truth distance channel (upper bound)",

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from nucseg.data.augment import AugmentOptions
+from nucseg.data.folds import ORGAN_GROUPS, k_folds, organ_folds  # noqa: F401 (re-export)
 from nucseg.data.loader import LoaderOptions
 
 HEAD_LAYERS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask")
@@ -104,54 +105,6 @@ def selected_stages(stages: list[Stage], which: str) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# folds
-# ---------------------------------------------------------------------------------------------
-ORGAN_GROUPS = {"breast": ("breast",), "kidney": ("kidney",), "liver": ("liver",),
-                "prostate": ("prostate",), "bladder+colon+stomach": ("bladder", "colon", "stomach")}
-
-
-def organ_folds(metadata_csv, names) -> list[tuple[str, list[str], list[str]]]:
-    """The paper's five models: (fold name, training stems, left-out stems), one per organ group.
-
-    metadata CSV needs columns id and organ; images of organs outside the groups always train.
-    """
-    from nucseg.io import InputError
-
-    path = Path(metadata_csv)
-    if not path.is_file():
-        raise InputError(path, "metadata file not found")
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if not {"id", "organ"} <= set(reader.fieldnames or ()):
-            raise InputError(path, "metadata needs columns 'id' and 'organ'")
-        organ_of = {row["id"]: row["organ"].strip().lower() for row in reader}
-    unknown = [n for n in names if n not in organ_of]
-    if unknown:
-        raise InputError(path, f"no organ for {len(unknown)} training image(s), e.g. "
-                               f"{unknown[0]}")
-    folds = []
-    for group, organs in ORGAN_GROUPS.items():
-        held = [n for n in names if organ_of[n] in organs]
-        if not held:
-            continue
-        folds.append((f"without_{group.replace('+', '_')}",
-                      [n for n in names if n not in held], held))
-    if not folds:
-        raise ValueError("no training image belongs to any organ group")
-    return folds
-
-
-def k_folds(names, k: int, seed: int = 0) -> list[tuple[str, list[str], list[str]]]:
-    """Plain k-fold cross-training: k models, each without one of k disjoint parts."""
-    if k < 2 or k > len(names):
-        raise ValueError(f"k-fold needs 2 <= k <= number of images ({len(names)}), got {k}")
-    order = np.random.default_rng(seed).permutation(len(names))
-    parts = np.array_split(order, k)
-    return [(f"fold{i + 1}", [names[j] for j in order if j not in set(part)],
-             [names[j] for j in part]) for i, part in enumerate(parts)]
-
-
-# ---------------------------------------------------------------------------------------------
 # checkpoints
 # ---------------------------------------------------------------------------------------------
 def checkpoint_path(run_dir, name: str, epoch: int) -> Path:
@@ -172,12 +125,20 @@ def latest_checkpoint(run_dir) -> tuple[Path, int] | None:
 
 
 def init_weights(model, config, init, exclude=()) -> dict:
-    """Load starting weights (a Matterport HDF5 file) by name; the class-specific head layers
-    are excluded automatically when the file was trained for another class count."""
+    """Load starting weights (a Matterport HDF5 file, or a run directory's newest checkpoint)
+    by name; the class-specific head layers are excluded automatically when the file was
+    trained for another class count."""
     from nucseg.mrcnn.weights import load_weights
     from nucseg.mrcnn.weights_h5 import read_weight_shapes
 
     exclude = list(exclude)
+    if Path(init).is_dir():                       # a run directory: its newest checkpoint
+        found = latest_checkpoint(init)
+        if found is None:
+            from nucseg.io import InputError
+
+            raise InputError(init, "no checkpoint mask_rcnn_<name>_<epoch>.h5 in this folder")
+        init = found[0]
     shapes = read_weight_shapes(init)
     logits = shapes.get("mrcnn_class_logits") or []
     if logits and int(logits[0][1][-1]) != int(config.NUM_CLASSES):
@@ -450,6 +411,11 @@ def train_command(run_dir, images=None, labels=None, hstain=None, distance=None,
         overrides["NAME"] = name
     if classes:
         overrides["NUM_CLASSES"] = dataset.num_classes
+    if (options.loader or {}).get("normalize"):
+        from nucseg.mrcnn.config import Config
+
+        if "IMAGE_NORMALIZATION" in Config.attribute_names():
+            overrides["IMAGE_NORMALIZATION"] = "per_image"   # predict then does the same
     config = load_config(config_spec, **overrides)
     if config.IMAGE_CHANNEL_COUNT != 5:
         dataset = Dataset(images, labels, hstain_dir=hstain, distance_dir=distance,

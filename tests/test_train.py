@@ -152,3 +152,70 @@ def test_learning_on_one_monuseg_crop(crop_dataset, tmp_path, monkeypatch):
     recall = _recall(sample.labels, result["labels"].astype(np.int64))
     print(f"learning test: loss {total[:3].mean():.3f} -> {total[-6:].mean():.3f}, recall {recall:.2f}")
     assert recall >= 0.5, f"recall {recall:.2f}, {len(result['scores'])} detections"
+
+
+def test_cli_train_and_resume(tmp_path, monkeypatch):
+    """`nucseg train` end to end (tiny graph); --resume finds nothing left; no overwrite."""
+    import yaml
+    from click.testing import CliRunner
+
+    import nucseg.mrcnn.backbone
+    from nucseg.cli import main
+    from nucseg.io import write_labels, write_rgb
+
+    monkeypatch.setattr(nucseg.mrcnn.backbone, "build_resnet_backbone", build_tiny_backbone)
+    rng = np.random.default_rng(0)
+    labels = np.zeros((160, 160), np.int32)
+    for k in range(1, 12):
+        y, x = rng.integers(0, 145, 2)
+        labels[y:y + 12, x:x + 12] = k
+    write_rgb(tmp_path / "im" / "a.png", rng.integers(0, 255, (160, 160, 3)).astype(np.uint8))
+    write_labels(tmp_path / "lab" / "a.tif", labels)
+    config = dict(TINY, preset="paper", IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128, NAME="cli",
+                  POST_NMS_ROIS_TRAINING=64, PRE_NMS_LIMIT=300)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    args = ["train", "--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lab"),
+            "-o", str(run), "--config", str(tmp_path / "tiny.yaml"), "--epochs", "0,1,0,0",
+            "--steps-per-epoch", "2", "--seed", "1", "--no-progress", "--normalize",
+            "--workers", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert (run / "mask_rcnn_cli_0001.h5").is_file()
+    saved = yaml.safe_load((run / "train.yaml").read_text())
+    assert saved["loader"]["normalize"] is True and saved["loader"]["seed"] == 1
+    assert saved["dataset"]["names"] == ["a"]
+    assert yaml.safe_load((run / "run.yaml").read_text())["status"] == "finished"
+    with open(run / "losses.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 and all(float(r["loss"]) > 0 for r in rows)
+    again = CliRunner().invoke(main, ["train", "-o", str(run), "--resume", "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in run.glob("*.h5")) == ["mask_rcnn_cli_0001.h5"]
+    clash = CliRunner().invoke(main, args)          # a finished run is not overwritten
+    assert clash.exit_code == 2 and "--resume" in clash.output
+
+
+def test_train_folds_one_subdirectory_per_fold(tmp_path, monkeypatch):
+    calls = []
+
+    class FakeData:
+        names = ["a", "b", "c", "d"]
+
+        def subset(self, names):
+            return names
+
+    def fake_run(config, dataset, run_dir, options, resume=False, log=print):
+        calls.append((Path(run_dir).name, list(dataset)))
+        return {"run_dir": str(run_dir)}
+
+    monkeypatch.setattr(T, "train_run", fake_run)
+    folds = T.k_folds(FakeData.names, 2, seed=0)
+    T.train_folds(None, FakeData(), tmp_path, T.TrainOptions(), folds, log=lambda *a: None)
+    assert [c[0] for c in calls] == ["fold1", "fold2"]
+    assert sorted(calls[0][1] + calls[1][1]) == FakeData.names
+    import yaml
+
+    record = yaml.safe_load((tmp_path / "folds.yaml").read_text())
+    assert [sorted(f["held_out"]) for f in record["folds"]] == [sorted(c[1]) for c in
+                                                               reversed(calls)]

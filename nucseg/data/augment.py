@@ -14,7 +14,7 @@ import numpy as np
 
 @dataclass
 class AugmentOptions:
-    crop_size: int = 256
+    crop_size: int | None = None      # None: the loader uses the config's (IMAGE_MIN_DIM)
     flips: bool = True
     rotate: bool = True               # Rotate(limit 180, p 0.5), as Mask R-CNN+ (limit 359)
     brightness_contrast: bool = True  # RandomBrightnessContrast(0.5, 0.5, by max, p 0.4)
@@ -29,7 +29,7 @@ def build_pipeline(options: AugmentOptions, seed: int | None = None):
     import albumentations as A
     import cv2
 
-    size = int(options.crop_size)
+    size = int(options.crop_size or 256)
     steps = [A.PadIfNeeded(size, size, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
              A.RandomCrop(size, size)]
     if options.flips:

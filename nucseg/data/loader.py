@@ -8,7 +8,7 @@ SciPy release the GIL) while the model trains on the previous batch.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -22,7 +22,7 @@ BATCH_KEYS = ("input_image", "input_image_meta", "input_rpn_match", "input_rpn_b
 class LoaderOptions:
     seed: int = 0
     normalize: bool = False      # per-image zero-mean unit-variance instead of MEAN_PIXEL
-    #                              (predict must then standardise too and use MEAN_PIXEL 0)
+    #                              (also on when config.IMAGE_NORMALIZATION is "per_image")
     workers: int = 2
     prefetch: int = 4
 
@@ -72,13 +72,17 @@ class TrainingLoader:
 
         self.dataset = dataset
         self.config = config
-        self.augment_options = augment_options or AugmentOptions(crop_size=_crop_size(config))
+        self.augment_options = augment_options or AugmentOptions()
+        if not self.augment_options.crop_size:
+            self.augment_options = replace(self.augment_options, crop_size=_crop_size(config))
         self.options = options or LoaderOptions()
         self.image_shape = tuple(int(v) for v in config.IMAGE_SHAPE)
         if self.augment_options.crop_size > self.image_shape[0]:
             raise ValueError(f"crop size {self.augment_options.crop_size} exceeds the training "
                              f"image size {self.image_shape[0]} of the config")
         self.anchors = get_pixel_anchors(config, self.image_shape)
+        self.per_image = bool(self.options.normalize) or \
+            getattr(config, "IMAGE_NORMALIZATION", "mean_pixel") == "per_image"
 
     # ------------------------------------------------------------------------- one sample
     def _image_index(self, epoch: int, position: int) -> int:
@@ -104,14 +108,20 @@ class TrainingLoader:
         size = self.image_shape[0]
         h, w = image.shape[:2]
         top, left = (size - h) // 2, (self.image_shape[1] - w) // 2
-        canvas = np.zeros(self.image_shape, image.dtype)
-        canvas[top:top + h, left:left + w] = image
+        # as at inference: per-image standardisation before padding with 0 (its mean);
+        # MEAN_PIXEL subtraction after padding with 0 (so the padding holds -MEAN_PIXEL)
+        canvas = np.zeros(self.image_shape, np.float32)
+        if self.per_image:
+            canvas[top:top + h, left:left + w] = standardize(image)
+        else:
+            canvas[top:top + h, left:left + w] = image
+            canvas = mold_image(canvas, config)
         full = np.zeros(self.image_shape[:2] + (masks.shape[-1],), bool)
         full[top:top + h, left:left + w] = masks
         boxes = boxes + np.array([top, left, top, left], np.int32)
         window = (top, left, top + h, left + w)
 
-        molded = standardize(canvas) if self.options.normalize else mold_image(canvas, config)
+        molded = canvas
         meta = compose_image_meta(index, source.image.shape, canvas.shape, window, 1.0,
                                   np.ones(config.NUM_CLASSES, np.int32)).astype(np.float32)
         rpn_match, rpn_bbox = build_rpn_targets(
