@@ -265,3 +265,31 @@ def test_command_line_end_to_end_on_a_tiny_random_model(tmp_path, images):
     assert read_outputs(out, stem)[1:] == read_outputs(tmp_path / "later", stem)[1:]
     result = runner.invoke(main, args[:1] + [str(images[0])] + args[3:] + ["--resume"])
     assert result.exit_code == 0 and "already done" in result.output
+
+
+def test_model_paths_resolve_to_weights_and_config(tmp_path):
+    from nucseg.io import InputError
+    from nucseg.model_files import ensemble_models, resolve_model
+
+    for fold in ("fold0", "fold1"):
+        run = tmp_path / "ens" / fold
+        run.mkdir(parents=True)
+        for epoch in (5, 50, 10):
+            (run / f"mask_rcnn_{fold}_{epoch:04d}.h5").write_bytes(b"")
+        (run / "config.yaml").write_text("NAME: x\n")
+        (run / "train_record.yaml").write_text("command: train\n")
+    spec = resolve_model(tmp_path / "ens" / "fold1")
+    assert spec.weights.name == "mask_rcnn_fold1_0050.h5" and spec.config.name == "config.yaml"
+    assert [s.weights.parent.name for s in ensemble_models(tmp_path / "ens")] == ["fold0",
+                                                                                 "fold1"]
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "model.h5").write_bytes(b"")
+    with pytest.raises(InputError, match="no config YAML"):
+        resolve_model(single / "model.h5")
+    (single / "model.yaml").write_text("NAME: y\n")
+    assert resolve_model(single / "model.h5").config.name == "model.yaml"
+    with pytest.raises(InputError, match="no checkpoint"):
+        resolve_model(single)
+    with pytest.raises(InputError, match="no fold"):
+        ensemble_models(single)
