@@ -50,7 +50,10 @@ def run_case(n_members: int, args) -> dict:
                               DETECTION_MAX_INSTANCES=args.max_detections)
     t0 = time.perf_counter()
     detectors = []
+    import keras
+
     for k in range(n_models):
+        keras.utils.set_random_seed(1000 + k)       # the same random models in every run
         model = MaskRCNN(config)
         model.name = f"random{k}"
         detectors.append(model)
