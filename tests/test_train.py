@@ -219,3 +219,22 @@ def test_train_folds_one_subdirectory_per_fold(tmp_path, monkeypatch):
     record = yaml.safe_load((tmp_path / "folds.yaml").read_text())
     assert [sorted(f["held_out"]) for f in record["folds"]] == [sorted(c[1]) for c in
                                                                reversed(calls)]
+
+
+def test_init_from_other_class_count_excludes_the_heads(tmp_path, monkeypatch):
+    """A PanNuke (1 + 5 classes) checkpoint initialises a 2-class model minus its heads."""
+    import nucseg.mrcnn.backbone
+    from nucseg.mrcnn.config import Config
+    from nucseg.mrcnn.training import build_training_model
+    from nucseg.mrcnn.weights import save_weights
+
+    monkeypatch.setattr(nucseg.mrcnn.backbone, "build_resnet_backbone", build_tiny_backbone)
+    six = build_training_model(Config.preset("paper", **dict(TINY, NUM_CLASSES=6)))
+    two = build_training_model(Config.preset("paper", **TINY))
+    save_weights(six, tmp_path / "run" / "mask_rcnn_pannuke_0003.h5")
+    info = T.init_weights(two, Config.preset("paper", **TINY), tmp_path / "run")
+    assert info["excluded"] == sorted(T.HEAD_LAYERS)
+    for name in ("fpn_p2", "mrcnn_mask_conv1", "PREPROC", "mrcnn_class_conv1"):
+        np.testing.assert_array_equal(two.get_layer(name).weights[0].numpy(),
+                                      six.get_layer(name).weights[0].numpy())
+    assert two.get_layer("mrcnn_class_logits").weights[0].shape[-1] == 2
