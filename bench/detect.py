@@ -2,9 +2,10 @@
 
 Prints, per configuration and detection count: warm median wall time of detect() over
 --repeats runs, peak RSS of the process, and the breakdown molding / backbone+FPN /
-RPN+proposals / box head (incl. DetectionLayer) / mask head / unmolding. The graph stages are
-timed as prefix models (input -> P2..P6, -> rpn_rois, -> detections) that share the weights;
-each stage is the difference of consecutive prefixes.
+RPN+proposals / box head (incl. DetectionLayer) / mask head / unmolding. For the breakdown the
+graph is cut into four chained models that share the weights (image -> P2..P6 -> rpn_rois ->
+detections -> masks), each fed with the previous one's outputs (timed after the detect() runs,
+median of --breakdown-repeats passes).
 
 Random weights do not give nuclei-like detections, so the weights are arranged (documented
 in the output) to make the detection count controllable:
@@ -20,7 +21,7 @@ which is baked into the compiled graph; the effect on the cost is the same.
 Each configuration runs in its own subprocess, so peak RSS is per configuration.
 
 Usage:
-    python bench/detect.py                    # r101 (100/700/2000), r101-5ch and r50 (700)
+    python bench/detect.py --no-breakdown-others   # r101 at 100/700/2000, 5-ch and r50 at 700
     python bench/detect.py --repeats 3 --configs r101
 """
 from __future__ import annotations
@@ -133,10 +134,66 @@ def find_bias(margins, rois, window, target, config):
     return high
 
 
-def run_config(name: str, targets: list[int], repeats: int, breakdown: bool) -> dict:
+def stage_models(model):
+    """The graph cut into four chained models (sharing the weights): each stage is timed on
+    the previous stage's outputs, in the same repeat as the full detect(), so machine load
+    affects both alike."""
+    import keras
+    import tensorflow as tf
+
+    t = model.tensors
+    image, meta, anchors = model.keras_model.inputs
+    levels = [t[k] for k in ("P2", "P3", "P4", "P5", "P6")]
+    specs = {
+        "backbone_fpn": ([image], levels),
+        "rpn_proposals": (levels + [anchors], [t["rpn_rois"]]),
+        "box_head": ([t["rpn_rois"]] + levels[:4] + [meta], [t["detections"]]),
+        "mask_head": ([t["detections"]] + levels[:4] + [meta], [t["mrcnn_mask"]]),
+    }
+    functions = {}
+    for name, (inputs, outputs) in specs.items():
+        sub = keras.Model(inputs, outputs)
+        functions[name] = tf.function(lambda *args, sub=sub: sub(list(args), training=False),
+                                      jit_compile=False)
+    return functions
+
+
+def run_stages(functions, image, meta, anchors):
+    """One staged pass; returns ({stage: seconds}, detections, masks)."""
+    import tensorflow as tf
+
+    def sync(outputs):
+        if hasattr(tf.experimental, "sync_devices"):
+            tf.experimental.sync_devices()
+        return outputs
+
+    times = {}
+    start = time.perf_counter()
+    levels = sync(functions["backbone_fpn"](image))
+    times["backbone_fpn"] = time.perf_counter() - start
+    start = time.perf_counter()
+    rois = sync(functions["rpn_proposals"](*levels, anchors))
+    times["rpn_proposals"] = time.perf_counter() - start
+    start = time.perf_counter()
+    detections = sync(functions["box_head"](rois, *levels[:4], meta))
+    times["box_head"] = time.perf_counter() - start
+    start = time.perf_counter()
+    masks = sync(functions["mask_head"](detections, *levels[:4], meta))
+    times["mask_head"] = time.perf_counter() - start
+    return times, detections.numpy(), masks.numpy()
+
+
+def set_class1_bias(logits, bias: float) -> None:
+    vector = np.zeros(logits.bias.shape, np.float32)
+    vector[1] = bias
+    logits.bias.assign(vector)
+
+
+def run_config(name: str, targets: list[int], repeats: int, breakdown: int) -> dict:
     import tensorflow as tf
 
     from nucseg.mrcnn import Config, MaskRCNN
+    from nucseg.mrcnn.anchors import get_anchors
     from nucseg.mrcnn.boxes import norm_boxes
     from nucseg.mrcnn.molding import mold_inputs, unmold_detections
 
@@ -148,22 +205,14 @@ def run_config(name: str, targets: list[int], repeats: int, breakdown: bool) -> 
     build_s = time.perf_counter() - start
     logits = arrange_weights(model)
     molded, metas, windows = mold_inputs([image], config)
-    anchors = None
-
-    def prefix(names):
-        sub = model.submodel(names)
-        fn = tf.function(lambda a, b, c: sub([a, b, c], training=False), jit_compile=False)
-        from nucseg.mrcnn.anchors import get_anchors
-
-        args = (tf.constant(molded, tf.float32), tf.constant(metas, tf.float32),
-                tf.constant(get_anchors(config, molded.shape[1:3])[None]))
-        return lambda: [t.numpy() for t in fn(*args)]
+    args = (tf.constant(molded, tf.float32), tf.constant(metas, tf.float32),
+            tf.constant(get_anchors(config, molded.shape[1:3])[None]))
 
     # Calibrate: logit margins of the ROIs with the bias at 0, kernel rescaled to std 2.
     start = time.perf_counter()
-    to_detections = prefix(["rpn_rois", "mrcnn_class_logits", "detections"])
-    rois, class_logits, _ = to_detections()
-    trace_s = time.perf_counter() - start
+    calibration = model.submodel(["rpn_rois", "mrcnn_class_logits"])
+    rois, class_logits = [x.numpy() for x in calibration(list(args), training=False)]
+    calibrate_s = time.perf_counter() - start
     margins = class_logits[0, :, 1] - class_logits[0, :, 0]
     scale = 2.0 / max(float(margins.std()), 1e-6)
     logits.kernel.assign(logits.kernel.numpy() * scale)
@@ -171,50 +220,48 @@ def run_config(name: str, targets: list[int], repeats: int, breakdown: bool) -> 
     window = norm_boxes(windows[0], molded.shape[1:3])
     out = {"config": name, "backbone": config.BACKBONE, "channels": config.IMAGE_CHANNEL_COUNT,
            "molded_shape": list(molded.shape[1:]), "build_s": build_s,
-           "first_prefix_trace_and_run_s": trace_s, "rows": []}
-
-    stage = {}
-    if breakdown:  # these prefixes do not depend on the detection count
-        stage["to_fpn"], _ = timed(prefix(["P2", "P3", "P4", "P5", "P6"]), repeats)
-        stage["to_rpn_rois"], _ = timed(prefix(["rpn_rois"]), repeats)
-        stage["to_detections"], _ = timed(to_detections, repeats)
-    out["conv_gflops"] = conv_throughput()
-    for target in targets:
-        bias = find_bias(margins, rois[0], window, target, config)
-        bias_vector = np.zeros(logits.bias.shape, np.float32)
-        bias_vector[1] = bias
-        logits.bias.assign(bias_vector)
-        warm = model.detect([image])[0]  # warm-up (traces once per shape)
-        to_det_s = stage.get("to_detections")
-        mold_t, graph_t, unmold_t, total_t = [], [], [], []
-        result = None
+           "calibration_run_s": calibrate_s, "rows": []}
+    biases = {}
+    for target in targets:  # detect() alone first, so peak RSS is that of detect()
+        biases[target] = find_bias(margins, rois[0], window, target, config)
+        set_class1_bias(logits, biases[target])
+        start = time.perf_counter()
+        warm = model.detect([image])[0]  # the first call per shape traces the graph
+        first_s = time.perf_counter() - start
+        detect_t = []
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            molded_i, metas_i, windows_i = mold_inputs([image], config)
-            t1 = time.perf_counter()
-            outputs = model.run_graph(molded_i, metas_i, anchors)
-            t2 = time.perf_counter()
-            result = unmold_detections(outputs["detections"][0], outputs["mrcnn_mask"][0],
-                                       image.shape, molded_i[0].shape, windows_i[0], config)
-            t3 = time.perf_counter()
-            mold_t.append(t1 - t0)
-            graph_t.append(t2 - t1)
-            unmold_t.append(t3 - t2)
-            total_t.append(t3 - t0)
+            start = time.perf_counter()
+            result = model.detect([image])[0]
+            detect_t.append(time.perf_counter() - start)
         assert len(warm["rois"]) == len(result["rois"])
-        row = {"target": target, "class1_bias": round(float(bias), 3),
+        row = {"target": target, "class1_bias": round(float(biases[target]), 3),
                "detections": int(len(result["rois"])),
-               "detect_median_s": statistics.median(total_t),
-               "molding_s": statistics.median(mold_t), "graph_s": statistics.median(graph_t),
-               "unmolding_s": statistics.median(unmold_t)}
-        if breakdown:
-            row.update(backbone_fpn_s=stage["to_fpn"],
-                       rpn_proposals_s=stage["to_rpn_rois"] - stage["to_fpn"],
-                       box_head_s=to_det_s - stage["to_rpn_rois"],
-                       mask_head_s=row["graph_s"] - to_det_s)
+               "detect_median_s": statistics.median(detect_t), "first_call_s": first_s}
         out["rows"].append(row)
         print(json.dumps({"progress": name, **row}), file=sys.stderr, flush=True)
     out["peak_rss_mb"] = peak_rss_mb()
+
+    if breakdown:
+        functions = stage_models(model)
+        for row in out["rows"]:
+            set_class1_bias(logits, biases[row["target"]])
+            run_stages(functions, *args)  # traces the stage models once
+            stage_t = []
+            for _ in range(breakdown):
+                t0 = time.perf_counter()
+                molded_i, metas_i, windows_i = mold_inputs([image], config)
+                t1 = time.perf_counter()
+                times, detections, masks = run_stages(functions, *args)
+                t2 = time.perf_counter()
+                unmold_detections(detections[0], masks[0], image.shape, molded_i[0].shape,
+                                  windows_i[0], config)
+                times.update(molding=t1 - t0, unmolding=time.perf_counter() - t2)
+                stage_t.append(times)
+            for key in stage_t[0]:
+                row[key + "_s"] = statistics.median(t[key] for t in stage_t)
+            row["staged_total_s"] = statistics.median(sum(t.values()) for t in stage_t)
+            print(json.dumps({"progress": name, **row}), file=sys.stderr, flush=True)
+    out["conv_gflops"] = conv_throughput()
     return out
 
 
@@ -223,7 +270,7 @@ def print_table(results: list[dict], repeats: int) -> None:
           f"(POST_NMS_ROIS_INFERENCE 2000, DETECTION_MAX_INSTANCES 2000, "
           f"DETECTION_MIN_CONFIDENCE {MIN_CONFIDENCE}); warm median of {repeats}")
     head = (f"{'config':9} {'dets':>5} {'detect s':>9} {'mold':>6} {'bb+fpn':>7} {'rpn+prop':>8} "
-            f"{'box':>6} {'mask':>6} {'unmold':>7} {'peak RSS MB':>12}")
+            f"{'box':>6} {'mask':>6} {'unmold':>7} {'staged':>7} {'peak RSS MB':>12}")
     print(head)
     print("-" * len(head))
     for res in results:
@@ -234,15 +281,17 @@ def print_table(results: list[dict], repeats: int) -> None:
             print(f"{res['config']:9} {row['detections']:>5} {row['detect_median_s']:>9.2f} "
                   f"{f('molding_s'):>6} {f('backbone_fpn_s'):>7} {f('rpn_proposals_s'):>8} "
                   f"{f('box_head_s'):>6} {f('mask_head_s'):>6} {f('unmolding_s'):>7} "
+                  f"{f('staged_total_s'):>7} "
                   f"{res['peak_rss_mb']:>12.0f}")
     for res in results:
-        print(f"{res['config']}: build {res['build_s']:.1f} s, first trace+run of a prefix "
-              f"model {res['first_prefix_trace_and_run_s']:.1f} s, class-1 biases "
+        print(f"{res['config']}: build {res['build_s']:.1f} s, first detect() (trace) "
+              f"{res['rows'][0]['first_call_s']:.1f} s, class-1 biases "
               f"{[r['class1_bias'] for r in res['rows']]}, 3x3-conv throughput at the time "
               f"{res['conv_gflops']:.0f} GFLOP/s")
-    print("Stages are differences of prefix-model medians (noisy on a shared machine); the "
-          "mask head costs ~1 GFLOP per detection, so compare its time with the conv "
-          "throughput.")
+    print("Stages: medians of the graph cut into chained models (timed after the detect() "
+          "runs; 'staged' is their summed median). The mask head costs ~1 GFLOP per "
+          "detection: compare with the conv throughput (the machine is shared). Peak RSS is "
+          "taken after the detect() runs, before the stage models exist.")
 
 
 def main(argv=None) -> int:
@@ -252,6 +301,8 @@ def main(argv=None) -> int:
                         help="comma-separated subset of " + ",".join(CONFIGS))
     parser.add_argument("--targets", default="100,700,2000",
                         help="detection counts for the first (r101) configuration")
+    parser.add_argument("--breakdown-repeats", type=int, default=3,
+                        help="staged passes per detection count (0: no breakdown)")
     parser.add_argument("--no-breakdown-others", action="store_true",
                         help="time only the totals for configurations after the first")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -261,7 +312,7 @@ def main(argv=None) -> int:
 
     if args.child:
         targets = [int(t) for t in args.child_targets.split(",")]
-        result = run_config(args.child, targets, args.repeats, bool(args.child_breakdown))
+        result = run_config(args.child, targets, args.repeats, args.child_breakdown)
         print(json.dumps(result))
         return 0
 
@@ -271,7 +322,7 @@ def main(argv=None) -> int:
     results = []
     for i, name in enumerate(n.strip() for n in args.configs.split(",") if n.strip()):
         targets = args.targets if i == 0 else "700"
-        breakdown = 1 if i == 0 or not args.no_breakdown_others else 0
+        breakdown = args.breakdown_repeats if i == 0 or not args.no_breakdown_others else 0
         cmd = [sys.executable, __file__, "--child", name, "--child-targets", targets,
                "--repeats", str(args.repeats), "--child-breakdown", str(breakdown)]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -94,3 +94,10 @@ def test_yaml_round_trip_and_errors(tmp_path):
         Config.from_yaml(tmp_path / "list.yaml")
     with pytest.raises(InputError, match="not found"):
         Config.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_image_normalization_attribute():
+    assert Config().IMAGE_NORMALIZATION == "mean_pixel"
+    assert Config(IMAGE_NORMALIZATION="per_image").IMAGE_NORMALIZATION == "per_image"
+    with pytest.raises(ValueError, match="IMAGE_NORMALIZATION"):
+        Config(IMAGE_NORMALIZATION="zscore")

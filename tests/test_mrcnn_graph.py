@@ -35,7 +35,8 @@ def parse_layer_list(path):
         entries = []
         for item in weights.split("; "):
             weight, shape = item.split(" ", 1)
-            entries.append((weight, tuple(int(d) for d in shape.strip("()").split(",") if d.strip())))
+            dims = shape.strip("()").split(",")
+            entries.append((weight, tuple(int(d) for d in dims if d.strip())))
         layers.append((name, entries))
     return layers
 
@@ -111,10 +112,24 @@ def test_resnet50_and_81_class_counts_via_cli():
     assert logits["weights"][0]["shape"] == [1024, 81]
 
 
-def test_preproc_five_channels():
+@pytest.fixture(scope="module")
+def r50_five_channels():
+    """A small-input 5-channel ResNet-50 (128 x 128, batch 2) that detect() can run cheaply."""
+    model = build(BACKBONE="resnet50", IMAGE_CHANNEL_COUNT=5, IMAGES_PER_GPU=2,
+                  MEAN_PIXEL=[176.3, 115.7, 155.4, 15.2, 123.8], IMAGE_RESIZE_MODE="none",
+                  IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128, POST_NMS_ROIS_INFERENCE=200,
+                  DETECTION_MAX_INSTANCES=40, DETECTION_MIN_CONFIDENCE=0,
+                  RPN_ANCHOR_SCALES=(8, 16, 32, 64, 128))
+    # Random weights: make every ROI a nucleus (class 1) so that detect() has output.
+    logits = model.keras_model.get_layer("mrcnn_class_logits")
+    logits.kernel.assign(np.zeros(logits.kernel.shape, np.float32))
+    logits.bias.assign(np.array([0.0, 1.0], np.float32))
+    return model
+
+
+def test_preproc_five_channels(r50_five_channels):
     """+18 parameters: a 1x1 conv 5->3 with bias after the 3-px zero padding, before conv1."""
-    model = build(BACKBONE="resnet50", IMAGE_CHANNEL_COUNT=5,
-                  MEAN_PIXEL=[176.3, 115.7, 155.4, 15.2, 123.8])
+    model = r50_five_channels
     assert model.count_params() == 44_662_942 + 18
     layers = model.weighted_layers()
     assert layers[0] == ("PREPROC", [("PREPROC/kernel:0", (1, 1, 5, 3)),
@@ -164,3 +179,40 @@ def test_mode_and_config_errors():
         MaskRCNN(Config(NUM_CLASSES=2), mode="training")
     with pytest.raises(ValueError, match="Config"):
         MaskRCNN({"NUM_CLASSES": 2})
+
+
+def test_detect_contract_batching_and_per_image_normalization(r50_five_channels):
+    """detect(): the documented result per image, any number of images (groups of
+    BATCH_SIZE), and IMAGE_NORMALIZATION "per_image" equal to standardising by hand."""
+    from nucseg.data.loader import standardize
+
+    model = r50_five_channels
+    rng = np.random.default_rng(1)
+    a, b = (rng.integers(0, 256, (128, 128, 5)).astype(np.uint8) for _ in range(2))
+    results = model.detect([a, b, a])  # batch 2: [a, b] then [a, a(repeat)]
+    assert len(results) == 3
+    for key in ("rois", "class_ids", "scores"):
+        np.testing.assert_array_equal(results[0][key], results[2][key])
+    for r in results:
+        n = len(r["rois"])
+        assert r["rois"].dtype == np.int32 and r["rois"].shape == (n, 4)
+        assert r["class_ids"].shape == (n,) and r["scores"].dtype == np.float32
+        assert np.all(np.diff(r["scores"]) <= 0)
+        assert r["labels"].shape == (128, 128) and r["labels"].dtype == np.uint16
+        assert r["labels"].max() <= n and len(r["masks"]) == n
+        for (y1, x1, y2, x2), mask in zip(r["rois"], r["masks"]):
+            assert mask.shape == (y2 - y1, x2 - x1) and mask.dtype == np.float32
+    assert len(results[0]["rois"]) > 0
+
+    original = model.config
+    try:
+        model.config = original.copy(IMAGE_NORMALIZATION="per_image")
+        per_image = model.detect([a, b])
+        model.config = original.copy(MEAN_PIXEL=[0.0] * 5)
+        by_hand = model.detect([standardize(a), standardize(b)])
+    finally:
+        model.config = original
+    for got, want in zip(per_image, by_hand):
+        np.testing.assert_array_equal(got["rois"], want["rois"])
+        np.testing.assert_array_equal(got["scores"], want["scores"])
+    assert not np.array_equal(per_image[0]["rois"], results[0]["rois"])

@@ -16,6 +16,7 @@ import numpy as np
 
 RESIZE_MODES = ("none", "square", "pad64", "crop")
 BACKBONES = ("resnet50", "resnet101")
+NORMALIZATIONS = ("mean_pixel", "per_image")
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
               "mrcnn_mask_loss")
 DERIVED = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE")
@@ -97,6 +98,9 @@ class Config:
     DETECTION_NMS_THRESHOLD = 0.3
     # nucseg extra (DSB-2018 style): binarisation threshold when masks are pasted back.
     DETECTION_MASK_THRESHOLD = 0.5
+    # nucseg extra: "mean_pixel" (Matterport: image - MEAN_PIXEL) or "per_image" (each
+    # channel standardised to zero mean, unit variance over the image; MEAN_PIXEL unused).
+    IMAGE_NORMALIZATION = "mean_pixel"
     LEARNING_RATE = 0.001
     LEARNING_MOMENTUM = 0.9
     WEIGHT_DECAY = 0.0001
@@ -186,6 +190,9 @@ class Config:
                     "DETECTION_MASK_THRESHOLD"):
             fraction(key)
         fraction("ROI_POSITIVE_RATIO", low_open=True)
+        if self.IMAGE_NORMALIZATION not in NORMALIZATIONS:
+            fail(f"IMAGE_NORMALIZATION must be one of {', '.join(NORMALIZATIONS)}, "
+                 f"got {self.IMAGE_NORMALIZATION!r}")
         if self.BACKBONE not in BACKBONES:
             fail(f"BACKBONE must be one of {', '.join(BACKBONES)}, got {self.BACKBONE!r}")
         if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:

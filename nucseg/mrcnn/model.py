@@ -212,7 +212,9 @@ class MaskRCNN:
         (H, W) instance map. Unlike Matterport, any number of images is accepted: they run in
         groups of BATCH_SIZE (the last group padded by repeating its last image).
         `stages` (names as in `submodel`) adds a "stages" dict of those tensors per image,
-        plus the molded input, image meta and window, for debugging.
+        plus the molded input, image meta and window, for debugging. With
+        IMAGE_NORMALIZATION "per_image" each image is standardised per channel (the training
+        loader's `normalize` option) instead of having MEAN_PIXEL subtracted.
         """
         from nucseg.mrcnn.molding import mold_inputs, unmold_detections
 
@@ -224,12 +226,20 @@ class MaskRCNN:
                 raise ValueError(f"image {i} has shape {np.shape(image)}; expected (H, W, "
                                  f"{self.config.IMAGE_CHANNEL_COUNT}) for "
                                  f"IMAGE_CHANNEL_COUNT={self.config.IMAGE_CHANNEL_COUNT}")
+        mold_config = self.config
+        if self.config.IMAGE_NORMALIZATION == "per_image":
+            from nucseg.data.loader import standardize
+
+            mold_config = self.config.copy(
+                MEAN_PIXEL=[0.0] * self.config.IMAGE_CHANNEL_COUNT)
         batch = self.config.BATCH_SIZE
         results = []
         for start in range(0, len(images), batch):
             group = images[start:start + batch]
             padded = group + [group[-1]] * (batch - len(group))
-            molded, metas, windows = mold_inputs(padded, self.config)
+            if mold_config is not self.config:
+                padded = [standardize(image) for image in padded]
+            molded, metas, windows = mold_inputs(padded, mold_config)
             if verbose:
                 print(f"detect: images {start}..{start + len(group) - 1}, molded "
                       f"{molded.shape}")
