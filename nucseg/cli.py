@@ -181,7 +181,6 @@ def model_summary(config_spec, backbone, classes, channels, as_json):
     import json
 
     from nucseg.mrcnn.config import load_config
-    from nucseg.mrcnn.model import format_summary, model_summary as summarize
 
     overrides = {key: value for key, value in (("BACKBONE", backbone), ("NUM_CLASSES", classes))
                  if value is not None}
@@ -189,6 +188,8 @@ def model_summary(config_spec, backbone, classes, channels, as_json):
     if channels:  # only shapes matter for a summary: cut or zero-pad the means
         means = list(config.MEAN_PIXEL[:channels]) + [0.0] * (channels - config.MEAN_PIXEL.size)
         config = config.copy(IMAGE_CHANNEL_COUNT=channels, MEAN_PIXEL=means)
+    from nucseg.mrcnn.model import format_summary, model_summary as summarize  # loads TF
+
     summary = summarize(config)
     click.echo(json.dumps(summary, indent=1) if as_json else format_summary(summary))
 

@@ -101,3 +101,10 @@ def test_image_normalization_attribute():
     assert Config(IMAGE_NORMALIZATION="per_image").IMAGE_NORMALIZATION == "per_image"
     with pytest.raises(ValueError, match="IMAGE_NORMALIZATION"):
         Config(IMAGE_NORMALIZATION="zscore")
+
+
+def test_load_config_names_a_bad_spec():
+    assert load_config("paper").IMAGE_CHANNEL_COUNT == 5
+    assert load_config(None).NAME is None
+    with pytest.raises(ValueError, match="neither a preset"):
+        load_config("papr")

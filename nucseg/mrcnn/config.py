@@ -335,5 +335,10 @@ def load_config(spec=None, **overrides) -> Config:
         return Config(**overrides)
     if str(spec) in PRESETS:
         return Config.preset(str(spec), **overrides)
-    base = Config.from_yaml(spec)
+    path = Path(spec)
+    if not path.exists() and path.suffix.lower() not in (".yaml", ".yml") \
+            and len(path.parts) == 1:
+        raise ValueError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a config "
+                         f"file")
+    base = Config.from_yaml(path)
     return base.copy(**overrides) if overrides else base
