@@ -181,7 +181,8 @@ class Dataset:
 
     def describe(self) -> dict:
         """Everything needed to rebuild this data set (kept in a run's train.yaml)."""
-        return {**{k: None if v is None else str(v) for k, v in self._source.items()},
+        return {**{k: None if v is None else str(Path(v).resolve())
+                   for k, v in self._source.items()},
                 "channels": self.channels, "names": list(self.names), **self.options}
 
     @classmethod
