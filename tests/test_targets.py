@@ -2,7 +2,6 @@
 import math
 
 import numpy as np
-import pytest
 
 from nucseg.mrcnn.targets import build_rpn_targets, detection_targets_graph
 

@@ -113,19 +113,18 @@ def test_learning_on_one_monuseg_crop(crop_dataset, tmp_path, monkeypatch):
     import nucseg.mrcnn.backbone
     import nucseg.mrcnn.model
     from nucseg.data.dataset import Dataset
-    from nucseg.data.loader import standardize
     from nucseg.mrcnn import MaskRCNN
     from nucseg.mrcnn.config import Config
 
     monkeypatch.setattr(nucseg.mrcnn.backbone, "build_resnet_backbone", build_tiny_backbone)
     monkeypatch.setattr(nucseg.mrcnn.model, "build_resnet_backbone", build_tiny_backbone)
     dataset = Dataset(crop_dataset / "images", crop_dataset / "labels", channels=5)
-    config = Config.preset("paper", **TINY)
+    config = Config.preset("paper", **TINY, IMAGE_NORMALIZATION="per_image")
     options = T.TrainOptions(
         schedule="paper", stage="all", epochs=[0, 2, 1, 0], steps_per_epoch=12,
         learning_rate=1e-3, progress=False,
         augment=dict(crop_size=256, flips=False, rotate=False, brightness_contrast=False),
-        loader=dict(seed=3, normalize=True, workers=1))
+        loader=dict(seed=3, workers=1))
     run = tmp_path / "run"
     T.train_run(config, dataset, run, options, log=lambda *a: None)
     assert sorted(p.name for p in run.glob("*.h5")) == [
@@ -143,12 +142,15 @@ def test_learning_on_one_monuseg_crop(crop_dataset, tmp_path, monkeypatch):
     total = np.array([float(r["loss"]) for r in rows])
     assert total[-6:].mean() <= 0.5 * total[:3].mean(), total
 
-    infer = Config.preset("paper", inference=True, **TINY, MEAN_PIXEL=[0.0] * 5,
-                          POST_NMS_ROIS_INFERENCE=300, DETECTION_MIN_CONFIDENCE=0.5)
+    # what predict does with a run directory: its config (per-image normalisation included)
+    infer = Config.from_yaml(run / "config.yaml").copy(
+        IMAGES_PER_GPU=1, IMAGE_RESIZE_MODE="pad64", POST_NMS_ROIS_INFERENCE=300,
+        DETECTION_MIN_CONFIDENCE=0.5)
+    assert infer.IMAGE_NORMALIZATION == "per_image"
     model = MaskRCNN(infer)
     model.load_weights(run / "mask_rcnn_tiny_0003.h5")
     sample = dataset.load(0)
-    result = model.detect([standardize(sample.image)])[0]
+    result = model.detect([sample.image])[0]
     recall = _recall(sample.labels, result["labels"].astype(np.int64))
     print(f"learning test: loss {total[:3].mean():.3f} -> {total[-6:].mean():.3f}, recall {recall:.2f}")
     assert recall >= 0.5, f"recall {recall:.2f}, {len(result['scores'])} detections"
