@@ -283,7 +283,7 @@ def train_run(config, dataset, run_dir, options: TrainOptions, resume: bool = Fa
                     summary["checkpoint"] = str(path)
                     _write_yaml(run_dir / "state.yaml", {"stage": stage.name, "epoch": epoch + 1,
                                                         "checkpoint": path.name})
-                log(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+                log(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in losses.items()))
             start_epoch = end
         record["status"] = "finished"
     except KeyboardInterrupt:
