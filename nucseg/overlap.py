@@ -75,15 +75,61 @@ def intersecting_pairs(rois: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a[keep], b[keep]
 
 
+def _similar_box_candidates(rois: np.ndarray, threshold: float
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j) that may have box IoU > threshold (> 0), a superset, found cheaply.
+
+    IoU > t needs, per axis, a 1-D IoU > t: sizes within a factor t of each other and start
+    coordinates closer than (1 - t) / t times the smaller size. Boxes are binned by size
+    (bins a factor 1/t wide, so partners sit in the same or the next bin) and, per bin, on a
+    grid of that start distance, so many large overlapping boxes (an untrained model) do not
+    make every box a candidate of every other.
+    """
+    extent = np.maximum(rois[:, 2] - rois[:, 0], rois[:, 3] - rois[:, 1])
+    valid = np.flatnonzero(np.minimum(rois[:, 2] - rois[:, 0], rois[:, 3] - rois[:, 1]) > 0)
+    if len(valid) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    size_bin = np.floor(np.log(extent[valid]) / np.log(1.0 / threshold)).astype(np.int64)
+    parts_i, parts_j = [], []
+    for b in np.unique(size_bin):
+        here = valid[size_bin == b]
+        near = valid[(size_bin == b) | (size_bin == b + 1)]
+        cell = max(1, int(np.ceil((1.0 - threshold) / threshold * extent[near].max())))
+        cy, cx = rois[near, 0] // cell, rois[near, 1] // cell
+        ncols = int(cx.max() - cx.min()) + 3
+        keys = (cy - cy.min() + 1) * ncols + (cx - cx.min() + 1)
+        order = np.argsort(keys, kind="stable")
+        sorted_keys, sorted_ids = keys[order], near[order]
+        key_of = dict(zip(near.tolist(), keys.tolist()))
+        own = np.array([key_of[k] for k in here.tolist()], np.int64)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                target = own + dy * ncols + dx
+                owner, pos = _expand_ranges(np.searchsorted(sorted_keys, target, "left"),
+                                            np.searchsorted(sorted_keys, target, "right"))
+                a, c = here[owner], sorted_ids[pos]
+                other_bin = size_bin[np.searchsorted(valid, c)] != b
+                keep = other_bin | (a < c)
+                parts_i.append(a[keep])
+                parts_j.append(c[keep])
+    i, j = np.concatenate(parts_i), np.concatenate(parts_j)
+    return np.minimum(i, j), np.maximum(i, j)
+
+
 def box_iou_pairs(rois: np.ndarray, threshold: float = 0.0
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i < j) whose box IoU exceeds `threshold`, with the IoU (integer boxes, no +1)."""
     rois = np.asarray(rois, dtype=np.int64).reshape(-1, 4)
-    i, j = intersecting_pairs(rois)
-    inter = ((np.minimum(rois[i, 2], rois[j, 2]) - np.maximum(rois[i, 0], rois[j, 0]))
-             * (np.minimum(rois[i, 3], rois[j, 3]) - np.maximum(rois[i, 1], rois[j, 1])))
+    if 0 < threshold < 1:
+        i, j = _similar_box_candidates(rois, threshold)
+    else:
+        i, j = intersecting_pairs(rois)
+    inter_h = np.minimum(rois[i, 2], rois[j, 2]) - np.maximum(rois[i, 0], rois[j, 0])
+    inter_w = np.minimum(rois[i, 3], rois[j, 3]) - np.maximum(rois[i, 1], rois[j, 1])
+    inter = np.maximum(inter_h, 0) * np.maximum(inter_w, 0)
     area = (rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1])
-    iou = inter / (area[i] + area[j] - inter)
+    union = area[i] + area[j] - inter
+    iou = np.divide(inter, union, out=np.zeros(len(inter)), where=union > 0)
     keep = iou > threshold
     return i[keep], j[keep], iou[keep]
 

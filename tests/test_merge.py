@@ -147,9 +147,11 @@ def test_sparse_pairs_equal_brute_force():
     iou = inter / (area[:, None] + area[None, :] - inter)
     want = {(i, j) for i, j in zip(*np.nonzero(np.triu(inter > 0, 1)))}
     assert set(zip(*intersecting_pairs(rois))) == want
-    i, j, v = box_iou_pairs(rois, 0.3)
-    assert set(zip(i, j)) == {(a, b) for a, b in zip(*np.nonzero(np.triu(iou > 0.3, 1)))}
-    np.testing.assert_allclose(v, iou[i, j])
+    for threshold in (0.0, 0.3, 0.7):
+        i, j, v = box_iou_pairs(rois, threshold)
+        assert set(zip(i, j)) == {(a, b) for a, b in
+                                  zip(*np.nonzero(np.triu(iou > threshold, 1)))}
+        np.testing.assert_allclose(v, iou[i, j])
     masks = [rng.random((h, w)) > 0.5 for h, w in size]
     i, j, v = mask_iou_pairs(rois, masks, (500, 500), 0.05)
     for a, b, value in zip(i[:50], j[:50], v[:50]):
