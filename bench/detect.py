@@ -5,7 +5,7 @@ Prints, per configuration and detection count: warm median wall time of detect()
 RPN+proposals / box head (incl. DetectionLayer) / mask head / unmolding. For the breakdown the
 graph is cut into four chained models that share the weights (image -> P2..P6 -> rpn_rois ->
 detections -> masks), each fed with the previous one's outputs (timed after the detect() runs,
-median of --breakdown-repeats passes).
+median of --breakdown-repeats passes, each interleaved with a detect() call).
 
 Random weights do not give nuclei-like detections, so the weights are arranged (documented
 in the output) to make the detection count controllable:
@@ -15,7 +15,8 @@ in the output) to make the detection count controllable:
   * the mrcnn_class_logits kernel is rescaled so the class-1 logit margin has a std of 2
     over the ROIs, and its class-1 bias is shifted so that about 100 / 700 / 2000 ROIs
     pass DETECTION_MIN_CONFIDENCE (kept at the paper's 0.7) and the per-class NMS.
-Changing a bias (a variable) needs no re-trace, unlike changing DETECTION_MIN_CONFIDENCE,
+With anchor-sized boxes the per-class NMS (0.3) leaves at most ~1300-1600 detections, so the
+"2000" row shows that maximum. Changing a bias (a variable) needs no re-trace, unlike changing DETECTION_MIN_CONFIDENCE,
 which is baked into the compiled graph; the effect on the cost is the same.
 
 Each configuration runs in its own subprocess, so peak RSS is per configuration.
@@ -189,7 +190,8 @@ def set_class1_bias(logits, bias: float) -> None:
     logits.bias.assign(vector)
 
 
-def run_config(name: str, targets: list[int], repeats: int, breakdown: int) -> dict:
+def run_config(name: str, targets: list[int], repeats: int, breakdown: int,
+               seed: int = 0) -> dict:
     import tensorflow as tf
 
     from nucseg.mrcnn import Config, MaskRCNN
@@ -197,6 +199,9 @@ def run_config(name: str, targets: list[int], repeats: int, breakdown: int) -> d
     from nucseg.mrcnn.boxes import norm_boxes
     from nucseg.mrcnn.molding import mold_inputs, unmold_detections
 
+    import keras
+
+    keras.utils.set_random_seed(seed)  # the random initial weights, hence the detections
     config = Config.preset("paper", inference=True, DETECTION_MIN_CONFIDENCE=MIN_CONFIDENCE,
                            **CONFIGS[name])
     image = load_tile(config.IMAGE_CHANNEL_COUNT)
@@ -211,7 +216,9 @@ def run_config(name: str, targets: list[int], repeats: int, breakdown: int) -> d
     # Calibrate: logit margins of the ROIs with the bias at 0, kernel rescaled to std 2.
     start = time.perf_counter()
     calibration = model.submodel(["rpn_rois", "mrcnn_class_logits"])
-    rois, class_logits = [x.numpy() for x in calibration(list(args), training=False)]
+    calibrate = tf.function(lambda a, b, c: calibration([a, b, c], training=False),
+                            jit_compile=False)  # eager would hold every activation at once
+    rois, class_logits = [x.numpy() for x in calibrate(*args)]
     calibrate_s = time.perf_counter() - start
     margins = class_logits[0, :, 1] - class_logits[0, :, 0]
     scale = 2.0 / max(float(margins.std()), 1e-6)
@@ -246,8 +253,11 @@ def run_config(name: str, targets: list[int], repeats: int, breakdown: int) -> d
         for row in out["rows"]:
             set_class1_bias(logits, biases[row["target"]])
             run_stages(functions, *args)  # traces the stage models once
-            stage_t = []
-            for _ in range(breakdown):
+            stage_t, detect_t = [], []
+            for _ in range(breakdown):  # interleaved with detect(): same machine load
+                start = time.perf_counter()
+                model.detect([image])
+                detect_t.append(time.perf_counter() - start)
                 t0 = time.perf_counter()
                 molded_i, metas_i, windows_i = mold_inputs([image], config)
                 t1 = time.perf_counter()
@@ -260,6 +270,7 @@ def run_config(name: str, targets: list[int], repeats: int, breakdown: int) -> d
             for key in stage_t[0]:
                 row[key + "_s"] = statistics.median(t[key] for t in stage_t)
             row["staged_total_s"] = statistics.median(sum(t.values()) for t in stage_t)
+            row["detect_interleaved_s"] = statistics.median(detect_t)
             print(json.dumps({"progress": name, **row}), file=sys.stderr, flush=True)
     out["conv_gflops"] = conv_throughput()
     return out
@@ -270,7 +281,8 @@ def print_table(results: list[dict], repeats: int) -> None:
           f"(POST_NMS_ROIS_INFERENCE 2000, DETECTION_MAX_INSTANCES 2000, "
           f"DETECTION_MIN_CONFIDENCE {MIN_CONFIDENCE}); warm median of {repeats}")
     head = (f"{'config':9} {'dets':>5} {'detect s':>9} {'mold':>6} {'bb+fpn':>7} {'rpn+prop':>8} "
-            f"{'box':>6} {'mask':>6} {'unmold':>7} {'staged':>7} {'peak RSS MB':>12}")
+            f"{'box':>6} {'mask':>6} {'unmold':>7} {'staged':>7} {'(detect)':>8} "
+            f"{'peak RSS MB':>12}")
     print(head)
     print("-" * len(head))
     for res in results:
@@ -281,17 +293,18 @@ def print_table(results: list[dict], repeats: int) -> None:
             print(f"{res['config']:9} {row['detections']:>5} {row['detect_median_s']:>9.2f} "
                   f"{f('molding_s'):>6} {f('backbone_fpn_s'):>7} {f('rpn_proposals_s'):>8} "
                   f"{f('box_head_s'):>6} {f('mask_head_s'):>6} {f('unmolding_s'):>7} "
-                  f"{f('staged_total_s'):>7} "
+                  f"{f('staged_total_s'):>7} {f('detect_interleaved_s'):>8} "
                   f"{res['peak_rss_mb']:>12.0f}")
     for res in results:
         print(f"{res['config']}: build {res['build_s']:.1f} s, first detect() (trace) "
               f"{res['rows'][0]['first_call_s']:.1f} s, class-1 biases "
               f"{[r['class1_bias'] for r in res['rows']]}, 3x3-conv throughput at the time "
               f"{res['conv_gflops']:.0f} GFLOP/s")
-    print("Stages: medians of the graph cut into chained models (timed after the detect() "
-          "runs; 'staged' is their summed median). The mask head costs ~1 GFLOP per "
-          "detection: compare with the conv throughput (the machine is shared). Peak RSS is "
-          "taken after the detect() runs, before the stage models exist.")
+    print("Stages: medians of the graph cut into chained models, each pass interleaved with a "
+          "detect() call; 'staged' is the summed median, '(detect)' the median of those "
+          "interleaved detect() calls. The mask head costs ~1 GFLOP per detection: compare "
+          "with the conv throughput (the machine is shared). Peak RSS is taken after the "
+          "detect() runs, before the stage models exist.")
 
 
 def main(argv=None) -> int:
@@ -301,6 +314,7 @@ def main(argv=None) -> int:
                         help="comma-separated subset of " + ",".join(CONFIGS))
     parser.add_argument("--targets", default="100,700,2000",
                         help="detection counts for the first (r101) configuration")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--breakdown-repeats", type=int, default=3,
                         help="staged passes per detection count (0: no breakdown)")
     parser.add_argument("--no-breakdown-others", action="store_true",
@@ -312,7 +326,7 @@ def main(argv=None) -> int:
 
     if args.child:
         targets = [int(t) for t in args.child_targets.split(",")]
-        result = run_config(args.child, targets, args.repeats, args.child_breakdown)
+        result = run_config(args.child, targets, args.repeats, args.child_breakdown, args.seed)
         print(json.dumps(result))
         return 0
 
@@ -324,7 +338,8 @@ def main(argv=None) -> int:
         targets = args.targets if i == 0 else "700"
         breakdown = args.breakdown_repeats if i == 0 or not args.no_breakdown_others else 0
         cmd = [sys.executable, __file__, "--child", name, "--child-targets", targets,
-               "--repeats", str(args.repeats), "--child-breakdown", str(breakdown)]
+               "--repeats", str(args.repeats), "--child-breakdown", str(breakdown),
+               "--seed", str(args.seed)]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
         if proc.returncode != 0:
