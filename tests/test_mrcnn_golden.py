@@ -17,9 +17,6 @@ import pytest
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GOLDEN = SHARED / "fixtures" / "matterport_golden"
 
-pytestmark = pytest.mark.skipif(not (GOLDEN / "golden.npz").is_file(),
-                                reason="golden fixtures (../shared) not present")
-
 GAINS = {"conv1": 0.02, "fpn_p3": -1.5, "fpn_p4": 2.5, "fpn_p5": 4.0, "rpn_bbox_pred": 2.0,
          "mrcnn_class_logits": -1.0, "mrcnn_mask": 10.0}
 

@@ -41,7 +41,6 @@ def parse_layer_list(path):
     return layers
 
 
-@pytest.mark.skipif(not LAYER_LIST.is_file(), reason="../shared fixtures not present")
 def test_weighted_layers_equal_matterport_layer_list(r101):
     expected = parse_layer_list(LAYER_LIST)
     ours = r101.weighted_layers()
