@@ -174,8 +174,8 @@ def test_fold_and_unfold_rois_keep_per_roi_order():
 def test_mode_and_config_errors():
     from nucseg.mrcnn import Config, MaskRCNN
 
-    with pytest.raises(ValueError, match="inference"):
-        MaskRCNN(Config(NUM_CLASSES=2), mode="training")
+    with pytest.raises(ValueError, match="mode must be"):
+        MaskRCNN(Config(NUM_CLASSES=2), mode="train")
     with pytest.raises(ValueError, match="Config"):
         MaskRCNN({"NUM_CLASSES": 2})
 
@@ -215,3 +215,18 @@ def test_detect_contract_batching_and_per_image_normalization(r50_five_channels)
         np.testing.assert_array_equal(got["rois"], want["rois"])
         np.testing.assert_array_equal(got["scores"], want["scores"])
     assert not np.array_equal(per_image[0]["rois"], results[0]["rois"])
+
+
+def test_training_mode_has_the_same_weights(r101):
+    """mode="training" wraps the training graph: the same weighted layers as inference (in
+    its own topological order; loading is by name)."""
+    from nucseg.mrcnn import Config, MaskRCNN
+
+    config = Config(NUM_CLASSES=2, IMAGES_PER_GPU=1, IMAGE_RESIZE_MODE="crop",
+                    IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128, TRAIN_ROIS_PER_IMAGE=32,
+                    MAX_GT_INSTANCES=10)
+    training = MaskRCNN(config, mode="training")
+    assert dict(training.weighted_layers()) == dict(r101.weighted_layers())
+    assert training.count_params() == r101.count_params()
+    with pytest.raises(ValueError, match="mode='inference'"):
+        training.detect([np.zeros((128, 128, 3), np.uint8)])

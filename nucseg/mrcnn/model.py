@@ -102,19 +102,27 @@ class MaskRCNN:
     """Matterport-shaped API: MaskRCNN(config).detect(images) -> list of dicts."""
 
     def __init__(self, config: Config, mode: str = "inference", model_dir=None):
-        if mode != "inference":
-            raise ValueError(f"MaskRCNN builds the inference graph (mode='inference'); got "
-                             f"mode={mode!r}. Training uses nucseg.mrcnn.training.")
+        """mode "inference" (detect) or "training" (the training graph of
+        nucseg.mrcnn.training as `.keras_model`, for weights and parameter counts; training
+        itself runs through nucseg.mrcnn.training.Trainer)."""
+        if mode not in ("inference", "training"):
+            raise ValueError(f"mode must be 'inference' or 'training', got {mode!r}")
         if not isinstance(config, Config):
             raise ValueError(f"config must be a nucseg.mrcnn.Config, got {type(config).__name__}")
         config.validate()
         self.config = config
         self.mode = mode
         self.model_dir = model_dir
+        self._runners: dict = {}
+        if mode == "training":
+            from nucseg.mrcnn.training import build_training_model
+
+            self.tensors = {}
+            self.keras_model = build_training_model(config)
+            return
         inputs, self.tensors = build_inference_graph(config)
         self.keras_model = keras.Model(inputs, [self.tensors[name] for name in OUTPUT_NAMES],
                                        name="mask_rcnn")
-        self._runners: dict = {}
 
     # --------------------------------------------------------------------------- weights
     def load_weights(self, filepath, by_name: bool = True, exclude=(), skip_mismatch=False):
@@ -161,6 +169,11 @@ class MaskRCNN:
         self._runners.clear()
 
     # --------------------------------------------------------------------------- inference
+    def _require_inference(self, what: str) -> None:
+        if self.mode != "inference":
+            raise ValueError(f"{what}() needs a model built with mode='inference' "
+                             f"(this one is mode={self.mode!r})")
+
     def submodel(self, names) -> keras.Model:
         """A model from the same inputs to the named stage tensors (shares all weights).
 
@@ -191,6 +204,7 @@ class MaskRCNN:
 
         Anchors default to the cached ones for the molded shape.
         """
+        self._require_inference("run_graph")
         molded_images = np.asarray(molded_images, dtype=np.float32)
         image_metas = np.asarray(image_metas, dtype=np.float32)
         if anchors is None:
@@ -218,6 +232,7 @@ class MaskRCNN:
         """
         from nucseg.mrcnn.molding import mold_inputs, unmold_detections
 
+        self._require_inference("detect")
         images = list(images)
         if not images:
             return []
