@@ -228,7 +228,7 @@ def test_command_line_end_to_end_on_a_tiny_random_model(tmp_path, images):
     from nucseg.mrcnn import Config, MaskRCNN
 
     config = Config.preset("paper", IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64,
-                           DETECTION_MAX_INSTANCES=100, POST_NMS_ROIS_INFERENCE=100,
+                           DETECTION_MAX_INSTANCES=150, POST_NMS_ROIS_INFERENCE=100,  # < max
                            PRE_NMS_LIMIT=500, DETECTION_MIN_CONFIDENCE=0.0)
     run = tmp_path / "run"
     run.mkdir()
