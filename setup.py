@@ -34,5 +34,5 @@ setup(
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "test": ["pytest>=7.0", "jsonschema>=4.0"],
     },
-    entry_points={"console_scripts": ["nucseg=nucseg.cli:main"]},
+    entry_points={"console_scripts": ["nucseg=nucseg.cli:run"]},
 )

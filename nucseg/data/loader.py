@@ -44,17 +44,6 @@ def instances_from_labels(labels: np.ndarray, class_of=None):
     return masks, class_ids, np.array(boxes, np.int32).reshape(-1, 4)
 
 
-def minimize_masks(boxes: np.ndarray, masks: np.ndarray, mini_shape) -> np.ndarray:
-    """Mini masks: each mask cropped to its box, bilinear-resized, rounded (half to even)."""
-    from nucseg.mrcnn.molding import skimage_resize
-
-    mini = np.zeros(tuple(mini_shape) + (masks.shape[-1],), bool)
-    for i, (y1, x1, y2, x2) in enumerate(boxes):
-        crop = masks[y1:y2, x1:x2, i].astype(np.float32)
-        mini[..., i] = np.around(skimage_resize(crop, tuple(mini_shape))) > 0
-    return mini
-
-
 def standardize(image: np.ndarray) -> np.ndarray:
     """Per-image, per-channel zero mean and unit variance (constant channels become 0)."""
     image = image.astype(np.float32)
@@ -91,7 +80,7 @@ class TrainingLoader:
         return int(order[position % n])
 
     def sample(self, epoch: int, step: int, slot: int = 0) -> dict:
-        from nucseg.mrcnn.molding import compose_image_meta, mold_image
+        from nucseg.mrcnn.molding import compose_image_meta, minimize_mask, mold_image
         from nucseg.mrcnn.targets import build_rpn_targets
 
         config = self.config
@@ -128,7 +117,7 @@ class TrainingLoader:
             self.anchors, class_ids, boxes, config.RPN_TRAIN_ANCHORS_PER_IMAGE,
             config.RPN_BBOX_STD_DEV, rng)
         if config.USE_MINI_MASK:
-            gt_masks = minimize_masks(boxes, full, config.MINI_MASK_SHAPE)
+            gt_masks = minimize_mask(boxes, full, config.MINI_MASK_SHAPE)
         else:
             gt_masks = full
         n, cap = len(class_ids), config.MAX_GT_INSTANCES

@@ -1,0 +1,18 @@
+"""The `nucseg` command line: parse options, call library functions, report errors.
+
+No logic lives here; each command is a thin function over a library call that the tests call
+directly. Library errors (`nucseg.io.InputError`, `ValueError`) become one `error:` line and a
+non-zero exit. One module per group of stages; importing them registers their commands.
+"""
+from nucseg.cli import predicting, scoring, stages, training  # noqa: F401  (registration)
+from nucseg.cli.common import finish_batch, friendly_errors, main
+
+__all__ = ["main", "run", "friendly_errors", "finish_batch"]
+
+
+def run():
+    """Console entry point: the Click group with TensorFlow's native log lines filtered."""
+    from nucseg.cli.native_logs import filter_native_logs
+
+    filter_native_logs()
+    main()
