@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The demo chain on the embedded example (examples/monuseg_crop*.png):
-#   hstain -> distance labels -> classical baseline segmentation -> score against the labels.
+#   hstain -> distance labels -> classical baseline segmentation -> score against the labels,
+#   then a short Mask R-CNN+ training run -> predict with TTA -> score.
 # Usage: bin/demo.sh [OUTDIR]   (default ./demo_out). Needs the `nucseg` command (pip install .).
+# DEMO_TRAIN_STEPS (default 20) sets the training steps: on a CPU a run this short shows the
+# chain working, not the accuracy; a useful model needs a GPU and the full schedule.
 set -euo pipefail
 
 examples="$(cd "$(dirname "${BASH_SOURCE[0]}")/../examples" && pwd)"
@@ -24,3 +27,21 @@ nucseg baseline "$examples/monuseg_crop.png" -o "$out/baseline"
 echo "== 4. score baseline vs the published labels -> $out/scores.txt"
 nucseg score --gt "$examples/monuseg_crop_labels.png" --pred "$out/baseline" -o "$out/scores.txt"
 cat "$out/scores.txt"
+
+echo "== 5. train Mask R-CNN+ (ResNet-50, stage 1, ${DEMO_TRAIN_STEPS:-20} steps) -> $out/run"
+mkdir -p "$out/train/images" "$out/train/labels"
+cp "$examples/monuseg_crop.png" "$out/train/images/monuseg_crop.png"
+cp "$examples/monuseg_crop_labels.png" "$out/train/labels/monuseg_crop.png"
+steps="${DEMO_TRAIN_STEPS:-20}"
+nucseg train -o "$out/run" --images "$out/train/images" --labels "$out/train/labels" \
+    --config paper --backbone resnet50 --stage 1 --epochs 1,0,0,0 --steps-per-epoch "$steps" \
+    --seed 0 --no-progress
+
+echo "== 6. predict with TTA (distance channel from the labels) -> $out/predict"
+nucseg predict "$examples/monuseg_crop.png" -m "$out/run" --tta \
+    --distance-dir "$out/distance" -o "$out/predict" --overlay
+
+echo "== 7. score the model's nuclei -> $out/scores_model.txt"
+nucseg score --gt "$examples/monuseg_crop_labels.png" --pred "$out/predict" \
+    -o "$out/scores_model.txt"
+cat "$out/scores_model.txt"
