@@ -34,10 +34,7 @@ def apply_box_deltas(boxes, deltas):
     """Refine boxes by (dy, dx, log dh, log dw) deltas (NumPy twin of the graph op)."""
     boxes = np.asarray(boxes, dtype=np.float32)
     deltas = np.asarray(deltas, dtype=np.float32)
-    height = boxes[:, 2] - boxes[:, 0]
-    width = boxes[:, 3] - boxes[:, 1]
-    center_y = boxes[:, 0] + 0.5 * height
-    center_x = boxes[:, 1] + 0.5 * width
+    height, width, center_y, center_x = centre_size(boxes)
     center_y = center_y + deltas[:, 0] * height
     center_x = center_x + deltas[:, 1] * width
     height = height * np.exp(deltas[:, 2])
@@ -47,23 +44,27 @@ def apply_box_deltas(boxes, deltas):
     return np.stack([y1, x1, y1 + height, x1 + width], axis=1)
 
 
-def box_refinement(box, gt_box):
-    """Deltas that turn `box` into `gt_box` (no +1 on sizes)."""
-    box = np.asarray(box, dtype=np.float32)
-    gt_box = np.asarray(gt_box, dtype=np.float32)
-    height = box[:, 2] - box[:, 0]
-    width = box[:, 3] - box[:, 1]
-    center_y = box[:, 0] + 0.5 * height
-    center_x = box[:, 1] + 0.5 * width
-    gt_height = gt_box[:, 2] - gt_box[:, 0]
-    gt_width = gt_box[:, 3] - gt_box[:, 1]
-    gt_center_y = gt_box[:, 0] + 0.5 * gt_height
-    gt_center_x = gt_box[:, 1] + 0.5 * gt_width
+def centre_size(boxes):
+    """(height, width, centre y, centre x) of [N, 4] boxes; NumPy arrays or TF tensors alike."""
+    height = boxes[:, 2] - boxes[:, 0]
+    width = boxes[:, 3] - boxes[:, 1]
+    return height, width, boxes[:, 0] + 0.5 * height, boxes[:, 1] + 0.5 * width
+
+
+def _refinement_terms(box, gt_box):
+    """dy, dx and the two size ratios whose logs are dh, dw (NumPy or TF; no +1 on sizes)."""
+    height, width, center_y, center_x = centre_size(box)
+    gt_height, gt_width, gt_center_y, gt_center_x = centre_size(gt_box)
     dy = (gt_center_y - center_y) / height
     dx = (gt_center_x - center_x) / width
-    dh = np.log(gt_height / height)
-    dw = np.log(gt_width / width)
-    return np.stack([dy, dx, dh, dw], axis=1)
+    return dy, dx, gt_height / height, gt_width / width
+
+
+def box_refinement(box, gt_box, dtype=np.float32):
+    """Deltas that turn `box` into `gt_box` (no +1 on sizes), computed in `dtype`."""
+    dy, dx, h_ratio, w_ratio = _refinement_terms(np.asarray(box, dtype=dtype),
+                                                 np.asarray(gt_box, dtype=dtype))
+    return np.stack([dy, dx, np.log(h_ratio), np.log(w_ratio)], axis=1)
 
 
 def compute_overlaps(boxes1, boxes2):
@@ -107,10 +108,7 @@ def apply_box_deltas_graph(boxes, deltas):
     """Refine [N, 4] boxes by [N, 4] deltas (centre/size form)."""
     import tensorflow as tf
 
-    height = boxes[:, 2] - boxes[:, 0]
-    width = boxes[:, 3] - boxes[:, 1]
-    center_y = boxes[:, 0] + 0.5 * height
-    center_x = boxes[:, 1] + 0.5 * width
+    height, width, center_y, center_x = centre_size(boxes)
     center_y += deltas[:, 0] * height
     center_x += deltas[:, 1] * width
     height *= tf.exp(deltas[:, 2])
@@ -161,21 +159,9 @@ def box_refinement_graph(box, gt_box):
     """Deltas that turn [N, 4] `box` into [N, 4] `gt_box`, in the graph."""
     import tensorflow as tf
 
-    box = tf.cast(box, tf.float32)
-    gt_box = tf.cast(gt_box, tf.float32)
-    height = box[:, 2] - box[:, 0]
-    width = box[:, 3] - box[:, 1]
-    center_y = box[:, 0] + 0.5 * height
-    center_x = box[:, 1] + 0.5 * width
-    gt_height = gt_box[:, 2] - gt_box[:, 0]
-    gt_width = gt_box[:, 3] - gt_box[:, 1]
-    gt_center_y = gt_box[:, 0] + 0.5 * gt_height
-    gt_center_x = gt_box[:, 1] + 0.5 * gt_width
-    dy = (gt_center_y - center_y) / height
-    dx = (gt_center_x - center_x) / width
-    dh = tf.math.log(gt_height / height)
-    dw = tf.math.log(gt_width / width)
-    return tf.stack([dy, dx, dh, dw], axis=1)
+    dy, dx, h_ratio, w_ratio = _refinement_terms(tf.cast(box, tf.float32),
+                                                 tf.cast(gt_box, tf.float32))
+    return tf.stack([dy, dx, tf.math.log(h_ratio), tf.math.log(w_ratio)], axis=1)
 
 
 def overlaps_graph(boxes1, boxes2):

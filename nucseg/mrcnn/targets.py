@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nucseg.mrcnn.boxes import box_refinement, box_refinement_graph
+
 RPN_POSITIVE_IOU = 0.7
 RPN_NEGATIVE_IOU = 0.3
 CROWD_IOU = 0.001
@@ -30,21 +32,6 @@ def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, inter / union, 0.0)
     return iou
-
-
-def box_deltas(boxes: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
-    """(dy, dx, log dh, log dw) that move each box onto its GT box (centre/size form)."""
-    boxes = np.asarray(boxes, np.float64)
-    gt_boxes = np.asarray(gt_boxes, np.float64)
-    h = boxes[:, 2] - boxes[:, 0]
-    w = boxes[:, 3] - boxes[:, 1]
-    cy = boxes[:, 0] + 0.5 * h
-    cx = boxes[:, 1] + 0.5 * w
-    gh = gt_boxes[:, 2] - gt_boxes[:, 0]
-    gw = gt_boxes[:, 3] - gt_boxes[:, 1]
-    gcy = gt_boxes[:, 0] + 0.5 * gh
-    gcx = gt_boxes[:, 1] + 0.5 * gw
-    return np.stack([(gcy - cy) / h, (gcx - cx) / w, np.log(gh / h), np.log(gw / w)], axis=1)
 
 
 def _iou_summary(anchors, gt_boxes):
@@ -118,7 +105,8 @@ def build_rpn_targets(anchors: np.ndarray, gt_class_ids: np.ndarray, gt_boxes: n
         rpn_match[rng.choice(negatives, extra, replace=False)] = 0
 
     positives = np.nonzero(rpn_match == 1)[0]
-    deltas = box_deltas(anchors[positives], gt_boxes[anchor_arg[positives]])
+    deltas = box_refinement(anchors[positives], gt_boxes[anchor_arg[positives]],
+                            dtype=np.float64)
     rpn_bbox[:len(positives)] = deltas / np.asarray(rpn_bbox_std_dev, np.float64)
     return rpn_match, rpn_bbox
 
@@ -145,21 +133,6 @@ def overlaps_graph(boxes1, boxes2):
     area2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])
     union = area1 + area2 - inter
     return tf.math.divide_no_nan(inter, union)
-
-
-def box_refinement_graph(boxes, gt_boxes):
-    """TF twin of `box_deltas`."""
-    tf = _tf()
-    h = boxes[:, 2] - boxes[:, 0]
-    w = boxes[:, 3] - boxes[:, 1]
-    cy = boxes[:, 0] + 0.5 * h
-    cx = boxes[:, 1] + 0.5 * w
-    gh = gt_boxes[:, 2] - gt_boxes[:, 0]
-    gw = gt_boxes[:, 3] - gt_boxes[:, 1]
-    gcy = gt_boxes[:, 0] + 0.5 * gh
-    gcx = gt_boxes[:, 1] + 0.5 * gw
-    return tf.stack([(gcy - cy) / h, (gcx - cx) / w, tf.math.log(gh / h), tf.math.log(gw / w)],
-                    axis=1)
 
 
 def detection_targets_graph(proposals, gt_class_ids, gt_boxes, gt_masks, *, rois_per_image: int,
