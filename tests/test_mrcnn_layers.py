@@ -31,18 +31,6 @@ def golden_config(**overrides):
     return types.SimpleNamespace(**values)
 
 
-@pytest.fixture(scope="module")
-def golden(shared_dir):
-    with np.load(shared_dir / "fixtures/matterport_golden/golden.npz", allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-
-
-@pytest.fixture(scope="module")
-def golden_b(shared_dir):
-    with np.load(shared_dir / "fixtures/matterport_golden/golden_b.npz", allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-
-
 def feature_samples(golden):
     """P2..P5 restricted to channels 0, 64, 128, 192 (what the ROIAlign samples hold)."""
     return [golden[f"P{i}_ch16"][..., ::4] for i in range(2, 6)]

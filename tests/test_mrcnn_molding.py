@@ -21,18 +21,6 @@ def config(**overrides):
     return types.SimpleNamespace(**values)
 
 
-@pytest.fixture(scope="module")
-def golden(shared_dir):
-    with np.load(shared_dir / "fixtures/matterport_golden/golden.npz", allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-
-
-@pytest.fixture(scope="module")
-def golden_b(shared_dir):
-    with np.load(shared_dir / "fixtures/matterport_golden/golden_b.npz", allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-
-
 # ---------------------------------------------------------------------------------------------
 # resize_image / resize_mask
 # ---------------------------------------------------------------------------------------------
