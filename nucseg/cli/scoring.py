@@ -9,6 +9,20 @@ import click
 from nucseg.cli.common import friendly_errors, main
 
 
+def _emit_text(text: str, output) -> Path | None:
+    """Print `text` to stdout, or write it atomically to `output` and return the path its
+    run record goes to (<name>_record.yaml beside it)."""
+    if not output:
+        click.echo(text, nl=False)
+        return None
+    from nucseg.io import atomic_path
+
+    with atomic_path(output) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    out = Path(output)
+    return out.with_name(f"{out.stem}_record.yaml")
+
+
 @main.command("score")
 @click.option("--gt", "gt", required=True, type=click.Path(),
               help="Ground-truth label map, or a directory of them.")
@@ -38,7 +52,7 @@ def score(gt, pred, fmt, metadata, seen_organs, output):
       nucseg score --gt labels/ --pred predictions/ --metadata metadata.csv \\
           --seen-organs breast,kidney,liver,prostate
     """
-    from nucseg.io import atomic_path, make_record, write_record
+    from nucseg.io import make_record, write_record
     from nucseg.score_formats import render
     from nucseg.scoring import score_directories
 
@@ -53,14 +67,10 @@ def score(gt, pred, fmt, metadata, seen_organs, output):
             click.echo(f"{len(failures)} of {len(failures) + result['n_images']} image pairs "
                        "could not be scored; nothing written", err=True)
         sys.exit(1)
-    text = render(result, fmt)
-    if not output:
-        click.echo(text, nl=False)
+    record_path = _emit_text(render(result, fmt), output)
+    if record_path is None:
         return
-    with atomic_path(output) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    out = Path(output)
-    write_record(out.with_name(f"{out.stem}_record.yaml"), make_record(
+    write_record(record_path, make_record(
         "score", [p for p in (gt, pred, metadata) if p],
         {"gt": gt, "pred": pred, "format": fmt, "metadata": metadata, "seen_organs": seen},
         output=output, n_images=result["n_images"], mean=result["mean"]))
@@ -88,16 +98,12 @@ def compare(table_a, table_b, fmt, output):
       nucseg compare a.csv b.csv
     """
     from nucseg.compare import compare_files, render_comparison
-    from nucseg.io import atomic_path, make_record, write_record
+    from nucseg.io import make_record, write_record
 
     results = compare_files(table_a, table_b)
-    text = render_comparison(results, fmt, str(table_a), str(table_b))
-    if not output:
-        click.echo(text, nl=False)
+    record_path = _emit_text(render_comparison(results, fmt, str(table_a), str(table_b)), output)
+    if record_path is None:
         return
-    with atomic_path(output) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    out = Path(output)
-    write_record(out.with_name(f"{out.stem}_record.yaml"), make_record(
+    write_record(record_path, make_record(
         "compare", [table_a, table_b], {"format": fmt}, output=output, results=results))
     click.echo(f"wrote {output}", err=True)
