@@ -207,15 +207,7 @@ def aji(gt, pred=None) -> float | None:
     group = np.cumsum(new_row) - 1
     hits = np.flatnonzero(iou == row_max[group])
     best = hits[np.r_[True, t.true_idx[hits[1:]] != t.true_idx[hits[:-1]]]]
-
-    paired_true = np.zeros(t.n_true, dtype=bool)
-    paired_true[t.true_idx[best]] = True
-    paired_pred = np.zeros(t.n_pred, dtype=bool)
-    paired_pred[t.pred_idx[best]] = True
-    inter = int(t.inter[best].sum())
-    union_total = (int(union[best].sum()) + int(t.true_area[~paired_true].sum())
-                   + int(t.pred_area[~paired_pred].sum()))
-    return inter / union_total
+    return _aji_from_pairs(t, union, best)
 
 
 def aji_plus(gt, pred=None) -> float | None:
@@ -231,12 +223,18 @@ def aji_plus(gt, pred=None) -> float | None:
     union = t.union
     iou = t.inter / (union + _IOU_EPS)
     chosen = _max_iou_assignment(t, iou)
+    return _aji_from_pairs(t, union, chosen)
+
+
+def _aji_from_pairs(t: Overlap, union: np.ndarray, pairs: np.ndarray) -> float:
+    """AJI of the chosen overlapping pairs: their intersections over their unions plus the
+    areas of every nucleus and prediction left unpaired."""
     paired_true = np.zeros(t.n_true, dtype=bool)
-    paired_true[t.true_idx[chosen]] = True
+    paired_true[t.true_idx[pairs]] = True
     paired_pred = np.zeros(t.n_pred, dtype=bool)
-    paired_pred[t.pred_idx[chosen]] = True
-    inter = int(t.inter[chosen].sum())
-    union_total = (int(union[chosen].sum()) + int(t.true_area[~paired_true].sum())
+    paired_pred[t.pred_idx[pairs]] = True
+    inter = int(t.inter[pairs].sum())
+    union_total = (int(union[pairs].sum()) + int(t.true_area[~paired_true].sum())
                    + int(t.pred_area[~paired_pred].sum()))
     return inter / union_total
 
