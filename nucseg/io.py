@@ -62,6 +62,17 @@ def _read_array(path: Path) -> np.ndarray:
         raise InputError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
 
 
+def _read_plane(path: Path, problem: str) -> np.ndarray:
+    """A 2-D raster; a trailing channel axis of 1 is dropped, anything else is the file's
+    `problem` (reported with its shape)."""
+    data = _read_array(path)
+    if data.ndim == 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 2:
+        raise InputError(path, f"{problem}, got shape {data.shape}")
+    return data
+
+
 def read_rgb(path) -> np.ndarray:
     """An H&E tile as HxWx3 uint8; RGBA loses alpha with a warning, anything else is an error."""
     path = Path(path)
@@ -83,11 +94,7 @@ def read_rgb(path) -> np.ndarray:
 def read_labels(path) -> np.ndarray:
     """A 2-D instance label map (0 = background) as int32, or uint32 when ids need it."""
     path = Path(path)
-    labels = _read_array(path)
-    if labels.ndim == 3 and labels.shape[-1] == 1:
-        labels = labels[..., 0]
-    if labels.ndim != 2:
-        raise InputError(path, f"label map must be 2-D, got shape {labels.shape}")
+    labels = _read_plane(path, "label map must be 2-D")
     if not np.issubdtype(labels.dtype, np.integer):
         if np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0):
             labels = labels.astype(np.int64)
@@ -103,11 +110,7 @@ def read_labels(path) -> np.ndarray:
 def read_float_map(path) -> np.ndarray:
     """A single-channel float map (hematoxylin, distance) as float32 HxW."""
     path = Path(path)
-    data = _read_array(path)
-    if data.ndim == 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 2:
-        raise InputError(path, f"expected a single-channel map, got shape {data.shape}")
+    data = _read_plane(path, "expected a single-channel map")
     return data.astype(np.float32, copy=False)
 
 
