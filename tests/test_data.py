@@ -9,6 +9,7 @@ from nucseg.cli import main
 from nucseg.data.augment import AugmentOptions, augment
 from nucseg.data.dataset import Dataset, fill_holes, split_components
 from nucseg.io import read_labels, read_rgb, write_labels, write_rgb
+from synthetic import write_square_nuclei
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,13 +155,7 @@ def test_loader_batches_are_deterministic_and_consistent(tmp_path):
     from nucseg.data.loader import LoaderOptions, TrainingLoader
     from nucseg.mrcnn.config import Config
 
-    rng = np.random.default_rng(2)
-    labels = np.zeros((300, 300), np.int32)
-    for k in range(1, 40):
-        y, x = rng.integers(0, 285, 2)
-        labels[y:y + 14, x:x + 14] = k
-    write_rgb(tmp_path / "im" / "t.png", rng.integers(0, 255, (300, 300, 3)).astype(np.uint8))
-    write_labels(tmp_path / "lab" / "t.tif", labels)
+    write_square_nuclei(tmp_path, "t", size=300, count=39, side=14, seed=2)
     dataset = Dataset(tmp_path / "im", tmp_path / "lab")
     config = Config.preset("paper", MAX_GT_INSTANCES=50)
     loader = TrainingLoader(dataset, config, options=LoaderOptions(seed=4, workers=2))

@@ -9,6 +9,7 @@ import pytest
 from nucseg import train as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic import write_square_nuclei  # noqa: E402
 from tiny_backbone import build_tiny_backbone  # noqa: E402
 
 TILE = "TCGA-18-5592-01Z-00-DX1"
@@ -163,16 +164,9 @@ def test_cli_train_and_resume(tmp_path, monkeypatch):
 
     import nucseg.mrcnn.backbone
     from nucseg.cli import main
-    from nucseg.io import write_labels, write_rgb
 
     monkeypatch.setattr(nucseg.mrcnn.backbone, "build_resnet_backbone", build_tiny_backbone)
-    rng = np.random.default_rng(0)
-    labels = np.zeros((160, 160), np.int32)
-    for k in range(1, 12):
-        y, x = rng.integers(0, 145, 2)
-        labels[y:y + 12, x:x + 12] = k
-    write_rgb(tmp_path / "im" / "a.png", rng.integers(0, 255, (160, 160, 3)).astype(np.uint8))
-    write_labels(tmp_path / "lab" / "a.tif", labels)
+    write_square_nuclei(tmp_path, "a", size=160, count=11, side=12, seed=0)
     config = dict(TINY, preset="paper", IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128, NAME="cli",
                   POST_NMS_ROIS_TRAINING=64, PRE_NMS_LIMIT=300)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
