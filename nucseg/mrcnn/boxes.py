@@ -165,7 +165,7 @@ def box_refinement_graph(box, gt_box):
 
 
 def overlaps_graph(boxes1, boxes2):
-    """IoU matrix [N1, N2] of two box sets, in the graph (areas without +1)."""
+    """IoU matrix [N1, N2] of two box sets, in the graph (areas without +1; 0 for no union)."""
     import tensorflow as tf
 
     b1y1, b1x1, b1y2, b1x2 = tf.split(boxes1[:, None, :], 4, axis=-1)
@@ -178,5 +178,5 @@ def overlaps_graph(boxes1, boxes2):
     b1_area = (b1y2 - b1y1) * (b1x2 - b1x1)
     b2_area = (b2y2 - b2y1) * (b2x2 - b2x1)
     union = b1_area + b2_area - intersection
-    iou = intersection / union
+    iou = tf.math.divide_no_nan(intersection, union)  # 0 where the union is 0, as compute_overlaps
     return tf.squeeze(iou, axis=-1)

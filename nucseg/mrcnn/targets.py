@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nucseg.mrcnn.boxes import box_refinement, box_refinement_graph
+from nucseg.mrcnn.boxes import (box_refinement, box_refinement_graph, compute_overlaps,
+                                overlaps_graph)
 
 RPN_POSITIVE_IOU = 0.7
 RPN_NEGATIVE_IOU = 0.3
@@ -19,21 +20,6 @@ _ANCHOR_CHUNK = 32768   # bounds the anchors x GT IoU block in memory
 # ---------------------------------------------------------------------------------------------
 # NumPy side (data loader)
 # ---------------------------------------------------------------------------------------------
-def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """IoU matrix (len(a), len(b)) of (y1, x1, y2, x2) boxes; areas without +1 as Matterport."""
-    a = np.asarray(boxes_a, np.float64)
-    b = np.asarray(boxes_b, np.float64)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    h = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    w = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.maximum(h, 0) * np.maximum(w, 0)
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / union, 0.0)
-    return iou
-
-
 def _iou_summary(anchors, gt_boxes):
     """Per anchor: max IoU and argmax GT; per GT: its max IoU. Computed in anchor chunks."""
     n, g = len(anchors), len(gt_boxes)
@@ -41,7 +27,7 @@ def _iou_summary(anchors, gt_boxes):
     anchor_arg = np.zeros(n, np.int64)
     gt_max = np.zeros(g)
     for start in range(0, n, _ANCHOR_CHUNK):
-        iou = box_iou(anchors[start:start + _ANCHOR_CHUNK], gt_boxes)
+        iou = compute_overlaps(anchors[start:start + _ANCHOR_CHUNK], gt_boxes)
         anchor_arg[start:start + len(iou)] = iou.argmax(axis=1)
         anchor_max[start:start + len(iou)] = iou.max(axis=1)
         gt_max = np.maximum(gt_max, iou.max(axis=0))
@@ -56,7 +42,7 @@ def _anchors_at_gt_max(anchors, gt_boxes, gt_max):
     if not valid.any():
         return np.zeros(0, np.int64)
     for start in range(0, len(anchors), _ANCHOR_CHUNK):
-        iou = box_iou(anchors[start:start + _ANCHOR_CHUNK], gt_boxes[valid])
+        iou = compute_overlaps(anchors[start:start + _ANCHOR_CHUNK], gt_boxes[valid])
         rows = np.nonzero((iou == gt_max[valid][None, :]).any(axis=1))[0]
         hits.append(rows + start)
     return np.concatenate(hits)
@@ -117,22 +103,6 @@ def build_rpn_targets(anchors: np.ndarray, gt_class_ids: np.ndarray, gt_boxes: n
 def _tf():
     import tensorflow as tf
     return tf
-
-
-def overlaps_graph(boxes1, boxes2):
-    """IoU matrix [len(boxes1), len(boxes2)] in TF (no +1)."""
-    tf = _tf()
-    b1 = boxes1[:, None, :]
-    b2 = boxes2[None, :, :]
-    y1 = tf.maximum(b1[..., 0], b2[..., 0])
-    x1 = tf.maximum(b1[..., 1], b2[..., 1])
-    y2 = tf.minimum(b1[..., 2], b2[..., 2])
-    x2 = tf.minimum(b1[..., 3], b2[..., 3])
-    inter = tf.maximum(y2 - y1, 0.0) * tf.maximum(x2 - x1, 0.0)
-    area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
-    area2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])
-    union = area1 + area2 - inter
-    return tf.math.divide_no_nan(inter, union)
 
 
 def detection_targets_graph(proposals, gt_class_ids, gt_boxes, gt_masks, *, rois_per_image: int,
