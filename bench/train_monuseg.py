@@ -100,6 +100,23 @@ def summarize_losses(losses):
               f"min {series.min():.3f}")
 
 
+def summarize_step_cost(losses, step_times):
+    """Step time against the batch's positive ROIs (the mask head runs on those only)."""
+    if len(step_times) < 8:
+        return
+    positives = np.array([step["positive_rois"] for step in losses[1:]])
+    times = np.array(step_times)
+    edges = np.quantile(positives, [0, 0.25, 0.5, 0.75, 1.0])
+    print("step time by positive training ROIs (quartiles of the run):")
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        chosen = (positives >= lo) & (positives <= hi)
+        print(f"  {lo:5.0f}-{hi:5.0f} positives: median {np.median(times[chosen]):.2f} s "
+              f"over {chosen.sum()} steps")
+    first, last = positives[:20].mean(), positives[-20:].mean()
+    print(f"  positives: mean of first / last 20 steps {first:.0f} -> {last:.0f}; "
+          f"correlation with step time {np.corrcoef(positives, times)[0, 1]:.2f}")
+
+
 def evaluate(weights, test_names, test_distance, max_tiles):
     from nucseg.data.dataset import compose_channels
     from nucseg.io import read_float_map, read_labels, read_rgb
@@ -171,6 +188,7 @@ def train_and_report(config, dataset, args, run_dir):
           f"{np.median(step_times) if step_times else float('nan'):.2f} s "
           f"({1 / np.median(step_times) if step_times else float('nan'):.3f} steps/s)")
     summarize_losses(losses)
+    summarize_step_cost(losses, step_times)
     print(f"checkpoint: {weights}")
     print(f"peak RSS so far: {peak_rss_mb():.0f} MB")
 

@@ -308,7 +308,7 @@ def _run_epoch(trainer, loader, epoch, steps, stage, csv_path, options, summary)
         writer = csv.writer(fh)
         if new_file:
             writer.writerow(("epoch", "step", "stage", "learning_rate") + LOSS_COLUMNS
-                            + ("seconds",))
+                            + ("seconds", "positive_rois"))
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", unit="step", file=sys.stderr,
                    disable=not options.progress, leave=False)
         for step, batch in loader.batches(epoch, steps):
@@ -316,8 +316,9 @@ def _run_epoch(trainer, loader, epoch, steps, stage, csv_path, options, summary)
             losses = trainer.step(batch)
             seconds = time.perf_counter() - start
             writer.writerow([epoch + 1, epoch * steps + step + 1, stage.name,
-                             f"{stage.learning_rate:g}"] + [f"{losses[k]:.6g}" for k in
-                                                            LOSS_COLUMNS] + [f"{seconds:.3f}"])
+                             f"{stage.learning_rate:g}"]
+                            + [f"{losses[k]:.6g}" for k in LOSS_COLUMNS]
+                            + [f"{seconds:.3f}", int(losses["positive_rois"])])
             fh.flush()
             for k in LOSS_COLUMNS:
                 means[k] += losses[k] / steps

@@ -142,6 +142,9 @@ def test_learning_on_one_monuseg_crop(crop_dataset, tmp_path, monkeypatch):
     assert [r["stage"] for r in rows[::12]] == ["2", "2", "3"]
     total = np.array([float(r["loss"]) for r in rows])
     assert total[-6:].mean() <= 0.5 * total[:3].mean(), total
+    positives = np.array([int(r["positive_rois"]) for r in rows])
+    cap = int(config.TRAIN_ROIS_PER_IMAGE * config.ROI_POSITIVE_RATIO) * config.BATCH_SIZE
+    assert positives.max() > 0 and positives.min() >= 0 and positives.max() <= cap
 
     # what predict does with a run directory: its config (per-image normalisation included)
     infer = Config.from_yaml(run / "config.yaml").copy(

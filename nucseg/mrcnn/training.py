@@ -232,9 +232,12 @@ class Trainer:
         grads = tape.gradient(total, self.variables)
         pairs = [(g, v) for g, v in zip(grads, self.variables) if g is not None]
         self.optimizer.apply_gradients(pairs)
-        return {**losses, "l2_loss": decay, "loss": total}
+        # the mask head's cost grows with this count (see docs/training.md, step time)
+        positives = tf.reduce_sum(tf.cast(outputs["target_class_ids"] > 0, tf.float32))
+        return {**losses, "l2_loss": decay, "loss": total, "positive_rois": positives}
 
     def step(self, batch: dict) -> dict:
-        """Train on one batch (dict of NumPy arrays); returns the losses as floats."""
+        """Train on one batch (dict of NumPy arrays); returns the losses (and the count of
+        positive training ROIs in the batch, `positive_rois`) as floats."""
         tensors = {k: tf.convert_to_tensor(v) for k, v in batch.items()}
         return {k: float(v) for k, v in self._step(tensors).items()}
