@@ -10,6 +10,7 @@ its presence marks an image as done for `--resume`.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -240,14 +241,21 @@ def predict_images(image_paths, detectors, outdir, opts: PredictOptions,
 # ---------------------------------------------------------------------------------------------
 # merging saved members later (`nucseg merge`)
 # ---------------------------------------------------------------------------------------------
-def group_member_files(paths) -> dict[str, list[tuple[Path, Member]]]:
-    """Member files grouped by the image they were made from (name order within a group)."""
+def group_member_files(paths) -> tuple[dict[str, list[tuple[Path, Member]]], dict[str, str]]:
+    """Member files grouped by the image they were made from (name order within a group), and
+    the error of each unreadable file keyed by the image its name points to: merging that
+    image without one of its members would silently change the result, so it is skipped."""
     groups: dict = {}
+    unreadable: dict = {}
     for path in sorted(Path(p) for p in paths):
-        member = load_member(path)
+        try:
+            member = load_member(path)
+        except InputError as exc:
+            unreadable.setdefault(path.stem.split("_member")[0], str(exc))
+            continue
         stem = Path(member.image).stem if member.image else path.stem.split("_member")[0]
         groups.setdefault(stem, []).append((path, member))
-    return groups
+    return groups, unreadable
 
 
 def _find_image(stem: str, member: Member, image_dir) -> Path | None:
@@ -288,12 +296,16 @@ def merge_member_group(stem: str, group, outdir, opts: PredictOptions, image_dir
 def merge_member_files(paths, outdir, opts: PredictOptions, image_dir=None,
                        sources: ChannelSources | None = None) -> tuple[list[str], int]:
     """`nucseg merge`: group member files by image, merge each group. Returns (failures, n)."""
-    groups = group_member_files(paths)
-    items = sorted(groups.items())
-    failures = run_batch(items, lambda item: merge_member_group(item[0], item[1], outdir, opts,
-                                                                image_dir, sources),
-                         desc="merge", progress=opts.progress)
-    return failures, len(items)
+    groups, unreadable = group_member_files(paths)
+    failures = []
+    for stem, error in sorted(unreadable.items()):
+        failures.append(f"{error} (image {stem} not merged)")
+        print(f"error: {failures[-1]}", file=sys.stderr)
+    items = sorted((stem, group) for stem, group in groups.items() if stem not in unreadable)
+    failures += run_batch(items, lambda item: merge_member_group(item[0], item[1], outdir, opts,
+                                                                 image_dir, sources),
+                          desc="merge", progress=opts.progress)
+    return failures, len(items) + len(unreadable)
 
 
 # ---------------------------------------------------------------------------------------------

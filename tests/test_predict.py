@@ -186,6 +186,19 @@ def test_predict_writes_outputs_and_merging_later_is_identical(tmp_path, images)
         assert inside[1] == later[1] and inside[2] == later[2]
 
 
+def test_merge_goes_on_past_a_corrupt_member_file(tmp_path, images):
+    opts = PredictOptions(keep_members=True, progress=False)
+    predict_images(images, [BlobDetector(name="a"), BlobDetector(name="b")], tmp_path / "out",
+                   opts)
+    members = sorted((tmp_path / "out").glob("*_member*.npz"))
+    corrupt = [m for m in members if m.name.startswith(images[0].stem)][0]
+    corrupt.write_bytes(b"truncated")
+    failures, n = merge_from_paths(members, tmp_path / "later", PredictOptions(progress=False))
+    assert n == 2 and len(failures) == 1 and corrupt.name in failures[0]
+    assert (tmp_path / "later" / f"{images[1].stem}_labels.tif").is_file()
+    assert not list((tmp_path / "later").glob(f"{images[0].stem}*"))
+
+
 def test_bad_image_is_reported_and_resume_skips_finished(tmp_path, images):
     bad = images[0].parent / "broken.png"
     bad.write_bytes(b"not an image")
