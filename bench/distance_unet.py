@@ -11,6 +11,8 @@
 
 Example (about 7 minutes on 2 shared CPU cores):
   python bench/distance_unet.py --budget-minutes 4 --crop-size 256 --eval-tiles 6
+Score a model trained with the CLI instead (no predict timing, no training):
+  python bench/distance_unet.py --skip-predict --model-dir unet_model/
 """
 from __future__ import annotations
 
@@ -70,15 +72,10 @@ def bench_predict(width: int, repeats: int):
 
 def bench_training(width: int, budget_minutes: float, crop_size: int | None, eval_tiles: int,
                    batch_size: int, seed: int, lr_drop_every: int):
-    from nucseg.distance import label_distance_map
-    from nucseg.io import read_labels, read_rgb
-    from nucseg.unet import load_unet, predict_distance
+    from nucseg.unet import load_unet
     from nucseg.unet.train import TrainOptions, train_unet
 
-    train, held_out = read_split()
-    if eval_tiles and eval_tiles < len(held_out):  # evenly spaced: several organs
-        held_out = [held_out[int(i)] for i in
-                    np.linspace(0, len(held_out) - 1, eval_tiles).round()]
+    train, held_out = read_split()[0], held_out_tiles(eval_tiles)
     opts = TrainOptions(epochs=10_000, batch_size=batch_size, width=width, seed=seed,
                         crop_size=crop_size, augment=crop_size is not None,
                         lr_drop_every=lr_drop_every, checkpoint_every=0,
@@ -96,24 +93,41 @@ def bench_training(width: int, budget_minutes: float, crop_size: int | None, eva
               f"{train_seconds:.0f} s incl. data loading; peak RSS {peak_rss_mib():.0f} MiB")
         if log:
             print(f"  train MSE: epoch 1 {log[0]['train_mse']}, last {log[-1]['train_mse']}")
-        model = load_unet(Path(tmp) / "model")
-        preds, truths = [], []
-        start = time.perf_counter()
-        for image_path, label_path in held_out:
-            preds.append(predict_distance(model, read_rgb(image_path)).ravel())
-            truths.append(label_distance_map(read_labels(label_path)).ravel())
-        pred, truth = np.concatenate(preds), np.concatenate(truths)
-        mse = float(np.mean((pred.astype(np.float64) - truth) ** 2))
-        pearson = float(np.corrcoef(pred, truth)[0, 1]) if pred.std() > 0 else float("nan")
-        per_image = [float(np.corrcoef(p, t)[0, 1]) if p.std() > 0 else float("nan")
-                     for p, t in zip(preds, truths)]
-        print(f"held-out: {len(held_out)} tiles (Kumar test splits: "
-              f"{', '.join(Path(i).stem[5:12] for i, _ in held_out)}), predicted in "
-              f"{time.perf_counter() - start:.0f} s")
-        print(f"  MSE {mse:.3f} px^2 (best constant: {truth.var():.3f}; all zeros: "
-              f"{np.mean(truth.astype(np.float64) ** 2):.3f})")
-        print(f"  Pearson r {pearson:.3f} pooled; per tile median {np.nanmedian(per_image):.3f}"
-              f" (min {np.nanmin(per_image):.3f}, max {np.nanmax(per_image):.3f})")
+        evaluate_held_out(load_unet(Path(tmp) / "model"), held_out)
+
+
+def evaluate_held_out(model, held_out):
+    """MSE and Pearson r of predicted against ground-truth distance maps, pooled over pixels."""
+    from nucseg.distance import label_distance_map
+    from nucseg.io import read_labels, read_rgb
+    from nucseg.unet import predict_distance
+
+    preds, truths = [], []
+    start = time.perf_counter()
+    for image_path, label_path in held_out:
+        preds.append(predict_distance(model, read_rgb(image_path)).ravel())
+        truths.append(label_distance_map(read_labels(label_path)).ravel())
+    pred, truth = np.concatenate(preds), np.concatenate(truths)
+    mse = float(np.mean((pred.astype(np.float64) - truth) ** 2))
+    pearson = float(np.corrcoef(pred, truth)[0, 1]) if pred.std() > 0 else float("nan")
+    per_image = [float(np.corrcoef(p, t)[0, 1]) if p.std() > 0 else float("nan")
+                 for p, t in zip(preds, truths)]
+    print(f"held-out: {len(held_out)} tiles (Kumar test splits: "
+          f"{', '.join(Path(i).stem[5:12] for i, _ in held_out)}), predicted in "
+          f"{time.perf_counter() - start:.0f} s")
+    print(f"  MSE {mse:.3f} px^2 (best constant: {truth.var():.3f}; all zeros: "
+          f"{np.mean(truth.astype(np.float64) ** 2):.3f})")
+    print(f"  Pearson r {pearson:.3f} pooled; per tile median {np.nanmedian(per_image):.3f}"
+          f" (min {np.nanmin(per_image):.3f}, max {np.nanmax(per_image):.3f})")
+
+
+def held_out_tiles(eval_tiles: int):
+    """The Kumar test tiles, or `eval_tiles` of them evenly spaced (several organs)."""
+    held_out = read_split()[1]
+    if eval_tiles and eval_tiles < len(held_out):
+        held_out = [held_out[int(i)] for i in
+                    np.linspace(0, len(held_out) - 1, eval_tiles).round()]
+    return held_out
 
 
 def main(argv=None):
@@ -131,12 +145,17 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-predict", action="store_true")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--model-dir", help="score this trained model (`nucseg distance train` "
+                                            "output) on the held-out tiles instead of training")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         sys.exit(f"{DATA} not found: the benchmark needs ../shared beside the repository")
     if not args.skip_predict:
         bench_predict(args.width, args.repeats)
-    if not args.skip_training:
+    if args.model_dir:
+        from nucseg.unet import load_unet
+        evaluate_held_out(load_unet(args.model_dir), held_out_tiles(args.eval_tiles))
+    elif not args.skip_training:
         bench_training(args.train_width or args.width, args.budget_minutes,
                        args.crop_size or None, args.eval_tiles, args.batch_size, args.seed,
                        args.lr_drop_every)
