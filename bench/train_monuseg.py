@@ -148,6 +148,8 @@ def evaluate(weights, test_names, test_distance, max_tiles):
 
 
 def r101_step_time(steps, rois):
+    """Step times of ResNet-101 at 256 x 256 with the fused Adam nucseg trains with, and with
+    Keras's Adam, alternating on the same batches (ratios hold on a noisy machine)."""
     import keras
 
     from nucseg.data.dataset import Dataset
@@ -162,17 +164,20 @@ def r101_step_time(steps, rois):
     keras.utils.set_random_seed(0)
     model = build_training_model(config)
     set_trainable(model, "all")
-    trainer = Trainer(model, config, make_optimizer("adam", 1e-4, config))
+    trainers = {"fused Adam": Trainer(model, config, make_optimizer("adam", 1e-4, config)),
+                "Keras Adam": Trainer(model, config, keras.optimizers.Adam(1e-4))}
     loader = TrainingLoader(dataset, config, options=LoaderOptions(seed=0))
     batches = [loader.batch(0, i) for i in range(steps + 1)]
-    t0 = time.perf_counter()
-    trainer.step(batches[0])
-    trace = time.perf_counter() - t0
-    times = []
-    for b in batches[1:]:
+    trace, times = {}, {name: [] for name in trainers}
+    for name, trainer in trainers.items():
         t0 = time.perf_counter()
-        trainer.step(b)
-        times.append(time.perf_counter() - t0)
+        trainer.step(batches[0])
+        trace[name] = time.perf_counter() - t0
+    for b in batches[1:]:
+        for name, trainer in trainers.items():
+            t0 = time.perf_counter()
+            trainer.step(b)
+            times[name].append(time.perf_counter() - t0)
     return trace, times
 
 
@@ -245,9 +250,11 @@ def main():
 
     for rois in [int(v) for v in str(args.r101_rois).split(",") if v] if args.r101_steps else []:
         trace, times = r101_step_time(args.r101_steps, rois)
-        print(f"ResNet-101 paper config, 256x256, {rois} training ROIs: first step "
-              f"{trace:.1f} s (tracing), then {', '.join(f'{t:.2f}' for t in times)} s/step "
-              f"(median {np.median(times):.2f} s)", flush=True)
+        for name in times:
+            print(f"ResNet-101 paper config, 256x256, {rois} training ROIs, {name}: first step "
+                  f"{trace[name]:.1f} s (tracing), then "
+                  f"{', '.join(f'{t:.2f}' for t in times[name])} s/step "
+                  f"(median {np.median(times[name]):.2f} s)", flush=True)
     print(f"peak RSS: {peak_rss_mb():.0f} MB")
 
 

@@ -24,6 +24,7 @@ from nucseg.mrcnn.fpn import build_fpn
 from nucseg.mrcnn.heads import fpn_classifier_head, fpn_mask_head
 from nucseg.mrcnn.losses import (LOSS_NAMES, l2_weight_decay, mrcnn_bbox_loss, mrcnn_class_loss,
                                  mrcnn_mask_loss, rpn_bbox_loss, rpn_class_loss)
+from nucseg.mrcnn.optim import FusedAdam
 from nucseg.mrcnn.proposals import ProposalLayer
 from nucseg.mrcnn.rpn import apply_rpn
 from nucseg.mrcnn.targets import DetectionTargetLayer
@@ -196,10 +197,10 @@ def compute_losses(outputs, batch, config) -> dict:
 
 
 def make_optimizer(kind: str, learning_rate: float, config):
-    """'adam' (Mask R-CNN+: Keras defaults, no clipping) or 'sgd' (Matterport: momentum,
-    clipping by the global norm as Keras 2's clipnorm did)."""
+    """'adam' (Mask R-CNN+: Keras's Adam defaults, no clipping; fused, see optim.py) or 'sgd'
+    (Matterport: momentum, clipping by the global norm as Keras 2's clipnorm did)."""
     if kind == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate)
+        return FusedAdam(learning_rate)
     if kind == "sgd":
         return keras.optimizers.SGD(learning_rate=learning_rate,
                                     momentum=float(config.LEARNING_MOMENTUM),
