@@ -2,7 +2,8 @@
 
 Keras 3's Adam issues about ten element-wise ops per weight; for the 63M weights of ResNet-101
 that makes a CPU training step 8-12% slower (bench/train_monuseg.py). TensorFlow's
-ResourceApplyAdam kernel (CPU and GPU) does the same update in one pass. The update is Keras's, to float rounding:
+ResourceApplyAdam kernel (CPU and GPU) does the same update in one pass. The update is
+Keras's, to float rounding:
 
     alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
     m = beta_1 m + (1 - beta_1) g;  v = beta_2 v + (1 - beta_2) g^2
