@@ -187,17 +187,19 @@ def _read_yaml(path):
 
 
 def train_run(config, dataset, run_dir, options: TrainOptions, resume: bool = False,
-              log=print) -> dict:
+              log=print, extend: dict | None = None) -> dict:
     """Train one model into run_dir; returns a summary (epochs done, last checkpoint, losses).
 
     With resume (or init 'last') the saved config/options are used and training continues
-    after the newest checkpoint, inside its stage.
+    after the newest checkpoint, inside its stage. `extend` ({"epochs": [...], "stage": ...})
+    replaces the saved schedule lengths on a resume, so a finished run can be trained longer.
     """
     from nucseg.io import make_record, write_record
     from nucseg.mrcnn.config import Config
 
     run_dir = Path(run_dir)
     resume = resume or options.init == "last"
+    changes = {}
     last = latest_checkpoint(run_dir) if run_dir.is_dir() else None
     if resume:
         if not (run_dir / "config.yaml").is_file():
@@ -205,7 +207,11 @@ def train_run(config, dataset, run_dir, options: TrainOptions, resume: bool = Fa
         config = Config.from_yaml(run_dir / "config.yaml")
         saved = _read_yaml(run_dir / "train.yaml") or {}
         saved_data = saved.pop("dataset", None)
-        options = TrainOptions(**{**saved, "progress": options.progress})
+        changes = _schedule_changes(saved, extend)
+        options = TrainOptions(**{**saved, **changes, "progress": options.progress})
+        if changes:
+            log("schedule changed on resume: " + ", ".join(
+                f"{key} {saved.get(key)} -> {value}" for key, value in changes.items()))
         if dataset is None:
             if not saved_data:
                 raise ValueError(f"{run_dir}/train.yaml does not say which data it trained on")
@@ -230,6 +236,7 @@ def train_run(config, dataset, run_dir, options: TrainOptions, resume: bool = Fa
     todo = selected_stages(stages, options.stage)
     if not resume:
         config.to_yaml(run_dir / "config.yaml")
+    if not resume or changes:   # a later --resume follows the extended schedule
         _write_yaml(run_dir / "train.yaml", {**options.to_dict(), "dataset": dataset.describe()})
 
     import keras
@@ -336,6 +343,15 @@ def _run_epoch(trainer, loader, epoch, steps, stage, csv_path, options, summary)
     return means
 
 
+def _schedule_changes(saved: dict, extend: dict | None) -> dict:
+    """The entries of `extend` (epochs, stage) that differ from the saved schedule."""
+    allowed = {"epochs", "stage"}
+    unknown = set(extend or {}) - allowed
+    if unknown:
+        raise ValueError(f"on --resume only {sorted(allowed)} can change, not {sorted(unknown)}")
+    return {k: v for k, v in (extend or {}).items() if v is not None and saved.get(k) != v}
+
+
 def _trim_csv(csv_path: Path, epoch: int) -> None:
     """Drop rows after `epoch` (steps a resumed run will redo)."""
     if not csv_path.exists():
@@ -369,12 +385,13 @@ def train_folds(config, dataset, run_dir, options: TrainOptions, folds, resume=F
     return results
 
 
-def resume_folds(run_dir, options: TrainOptions, log=print) -> list[dict]:
+def resume_folds(run_dir, options: TrainOptions, log=print, extend=None) -> list[dict]:
     """Continue every fold sub-run of an ensemble run directory."""
     subs = [d for d in sorted(Path(run_dir).iterdir()) if (d / "train.yaml").is_file()]
     if not subs:
         raise ValueError(f"{run_dir}: no fold sub-directories to resume")
-    return [train_run(None, None, d, options, resume=True, log=log) for d in subs]
+    return [train_run(None, None, d, options, resume=True, log=log, extend=extend)
+            for d in subs]
 
 
 def parse_epochs(text: str | None) -> list[int] | None:
@@ -390,8 +407,11 @@ def parse_epochs(text: str | None) -> list[int] | None:
 def train_command(run_dir, images=None, labels=None, hstain=None, distance=None, classes=None,
                   config_spec="paper", backbone=None, name=None, folds=None, metadata=None,
                   resume=False, seed=0, options: TrainOptions | None = None,
-                  dataset_options: dict | None = None, log=print):
-    """What `nucseg train` does: build config and data set, then one run, folds, or a resume."""
+                  dataset_options: dict | None = None, log=print, extend: dict | None = None):
+    """What `nucseg train` does: build config and data set, then one run, folds, or a resume.
+
+    `extend` applies only to a resume: new epochs per stage and/or stage (see train_run).
+    """
     from nucseg.data.dataset import Dataset
     from nucseg.mrcnn.config import load_config
 
@@ -399,8 +419,9 @@ def train_command(run_dir, images=None, labels=None, hstain=None, distance=None,
     run_dir = Path(run_dir)
     if resume or options.init == "last":
         if (run_dir / "config.yaml").is_file():
-            return [train_run(None, None, run_dir, options, resume=True, log=log)]
-        return resume_folds(run_dir, options, log=log)
+            return [train_run(None, None, run_dir, options, resume=True, log=log,
+                              extend=extend)]
+        return resume_folds(run_dir, options, log=log, extend=extend)
     if not images or not labels:
         raise ValueError("--images and --labels are required (except with --resume)")
     dataset = Dataset(images, labels, hstain_dir=hstain, distance_dir=distance, classes=classes,

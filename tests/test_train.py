@@ -161,7 +161,8 @@ def test_learning_on_one_monuseg_crop(crop_dataset, tmp_path, monkeypatch):
 
 
 def test_cli_train_and_resume(tmp_path, monkeypatch):
-    """`nucseg train` end to end (tiny graph); --resume finds nothing left; no overwrite."""
+    """`nucseg train` end to end (tiny graph); --resume finds nothing left, or trains on with
+    longer --epochs; a finished run is not overwritten."""
     import yaml
     from click.testing import CliRunner
 
@@ -191,6 +192,16 @@ def test_cli_train_and_resume(tmp_path, monkeypatch):
     again = CliRunner().invoke(main, ["train", "-o", str(run), "--resume", "--no-progress"])
     assert again.exit_code == 0, again.output
     assert sorted(p.name for p in run.glob("*.h5")) == ["mask_rcnn_cli_0001.h5"]
+    longer = CliRunner().invoke(main, ["train", "-o", str(run), "--resume", "--no-progress",
+                                       "--epochs", "0,2,0,0"])
+    assert longer.exit_code == 0, longer.output + repr(longer.exception)
+    assert "epochs [0, 1, 0, 0] -> [0, 2, 0, 0]" in longer.output
+    assert sorted(p.name for p in run.glob("*.h5")) == ["mask_rcnn_cli_0001.h5",
+                                                         "mask_rcnn_cli_0002.h5"]
+    saved = yaml.safe_load((run / "train.yaml").read_text())
+    assert saved["epochs"] == [0, 2, 0, 0] and saved["loader"]["normalize"] is True
+    with open(run / "losses.csv") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 1, 2, 2]
     clash = CliRunner().invoke(main, args)          # a finished run is not overwritten
     assert clash.exit_code == 2 and "--resume" in clash.output
 

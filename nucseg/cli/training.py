@@ -43,7 +43,8 @@ from nucseg.cli.common import friendly_errors, main
                    "differs), none, or last (= --resume).")
 @click.option("--exclude", multiple=True, metavar="LAYER", help="Layers not to load from --init.")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir after its newest "
-                                               "checkpoint, inside its stage.")
+              "checkpoint, inside its stage. With --epochs/--stage it continues on that longer "
+              "schedule; other options come from the run's train.yaml.")
 @click.option("--folds", metavar="organ|K", help="Train one model per fold into sub-directories.")
 @click.option("--metadata", type=click.Path(dir_okay=False, exists=True),
               help="CSV with columns id, organ (for --folds organ).")
@@ -79,6 +80,7 @@ def train(run_dir, images, labels, hstain, distance, classes, config_spec, backb
       nucseg train --images data/images --labels data/labels -o runs/ens \\
           --folds organ --metadata data/metadata.csv
       nucseg train -o runs/paper --resume
+      nucseg train -o runs/paper --resume --stage all --epochs 5,60,5,5   # train longer
     """
     from nucseg.train import TrainOptions, parse_epochs, train_command
 
@@ -91,17 +93,27 @@ def train(run_dir, images, labels, hstain, distance, classes, config_spec, backb
                            layers=layers, optimizer=optimizer, init=init, exclude=list(exclude),
                            checkpoint_every=checkpoint_every, progress=not no_progress,
                            augment=augment, loader={"normalize": normalize, "workers": workers})
+    extend = _given_on_command_line(stage=stage, epochs=options.epochs) if resume else None
     try:
         results = train_command(run_dir, images, labels, hstain, distance, classes, config_spec,
                                 backbone, name, folds, metadata, resume, seed, options,
                                 {"fill_holes": fill_holes, "split_components": split_components},
-                                log=lambda msg: click.echo(msg, err=True))
+                                log=lambda msg: click.echo(msg, err=True), extend=extend)
     except KeyboardInterrupt:
         click.echo("interrupted: the last complete checkpoint is kept; continue with --resume",
                    err=True)
         sys.exit(130)
     for r in results:
         click.echo(f"{r['run_dir']}: epoch {r['epoch']}, checkpoint {r['checkpoint']}")
+
+
+def _given_on_command_line(**values) -> dict:
+    """The options the user typed (not click defaults): on --resume they change the schedule."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return {name: value for name, value in values.items()
+            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
 
 
 @main.group("model")
