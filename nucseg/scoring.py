@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from nucseg.io import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, InputError, read_labels
 from nucseg.metrics import COUNT_NAMES, METRIC_NAMES, score_pair
 
@@ -95,18 +97,59 @@ def pair_label_files(gt, pred) -> list[LabelPair]:
 # ---------------------------------------------------------------------------------------------
 # scoring
 # ---------------------------------------------------------------------------------------------
-def score_files(pair: LabelPair) -> dict:
-    """One per-image row: ``{"image": name, <metrics>, "n_true", "n_pred"}``."""
+def nuclei_table_path(pred_labels) -> Path:
+    """`<stem>_labels.tif` -> `<stem>_nuclei.csv`, the table `nucseg predict` writes beside it."""
+    pred_labels = Path(pred_labels)
+    return pred_labels.with_name(f"{image_name(pred_labels)}_nuclei.csv")
+
+
+def keep_confident(labels: np.ndarray, table_path, min_score: float) -> np.ndarray:
+    """Erase the nuclei whose `score` in the nuclei CSV is below `min_score`.
+
+    Lets one prediction made with a low --min-confidence be scored at several thresholds, to
+    choose one on validation tiles. For a single member this equals predicting with that
+    threshold: NMS and the overlap rule both favour higher scores, so a weaker nucleus never
+    changed a stronger one. After a TTA/ensemble vote it is close but not identical.
+    """
+    table_path = Path(table_path)
+    if not table_path.is_file():
+        raise InputError(table_path, "missing: --min-score needs the nuclei CSV that "
+                                     "`nucseg predict` writes beside each label map")
+    scores = {}
+    with open(table_path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not {"id", "score"} <= set(reader.fieldnames or ()):
+            raise InputError(table_path, "needs the columns id and score")
+        try:
+            for row in reader:
+                scores[int(row["id"])] = float(row["score"])
+        except ValueError as exc:
+            raise InputError(table_path, f"line {reader.line_num}: {exc}") from None
+    ids = np.unique(labels)
+    ids = ids[ids != 0]
+    unknown = [int(i) for i in ids if int(i) not in scores]
+    if unknown:
+        raise InputError(table_path, f"{len(unknown)} label(s) of the map have no row "
+                                     f"(first: {unknown[0]})")
+    weak = [i for i in ids if scores[int(i)] < min_score]
+    return np.where(np.isin(labels, weak), 0, labels).astype(labels.dtype)
+
+
+def score_files(pair: LabelPair, min_score: float | None = None) -> dict:
+    """One per-image row: ``{"image": name, <metrics>, "n_true", "n_pred"}``; with
+    `min_score`, only the predicted nuclei scoring at least that count (`keep_confident`)."""
     gt = read_labels(pair.gt)
     pred = read_labels(pair.pred)
+    if min_score is not None:
+        pred = keep_confident(pred, nuclei_table_path(pair.pred), min_score)
     if gt.shape != pred.shape:
         raise InputError(pair.pred, f"size {pred.shape[0]}x{pred.shape[1]} differs from the "
                                     f"ground truth {pair.gt} ({gt.shape[0]}x{gt.shape[1]})")
     return {"image": pair.image, **score_pair(gt, pred)}
 
 
-def score_pairs(pairs: Sequence[LabelPair], progress: bool = True) -> tuple[list[dict],
-                                                                              list[str]]:
+def score_pairs(pairs: Sequence[LabelPair], progress: bool = True,
+                min_score: float | None = None) -> tuple[list[dict], list[str]]:
     """Score every pair; a bad file is recorded as one error line and the others go on."""
     from tqdm import tqdm
 
@@ -114,7 +157,7 @@ def score_pairs(pairs: Sequence[LabelPair], progress: bool = True) -> tuple[list
     for pair in tqdm(pairs, desc="score", unit="image", file=sys.stderr,
                      disable=not progress or len(pairs) < 2):
         try:
-            rows.append(score_files(pair))
+            rows.append(score_files(pair, min_score))
         except InputError as exc:
             failures.append(str(exc))
     return rows, failures
@@ -207,7 +250,8 @@ def check_seen_organs(seen_organs: Sequence[str], organs: dict[str, str], metada
 
 
 def score_directories(gt, pred, metadata=None, seen_organs: Sequence[str] | None = None,
-                      progress: bool = True) -> tuple[dict, list[str]]:
+                      progress: bool = True, min_score: float | None = None
+                      ) -> tuple[dict, list[str]]:
     """Pair, score and summarise; returns (result dict, error lines of unreadable files).
 
     Pairing and metadata problems raise before any scoring is done.
@@ -216,7 +260,7 @@ def score_directories(gt, pred, metadata=None, seen_organs: Sequence[str] | None
     organs = read_metadata(metadata, [p.image for p in pairs]) if metadata else None
     if organs is not None and seen_organs:
         check_seen_organs(seen_organs, organs, metadata)
-    rows, failures = score_pairs(pairs, progress=progress)
+    rows, failures = score_pairs(pairs, progress=progress, min_score=min_score)
     if organs is not None:
         organs = {name: organs[name] for name in (row["image"] for row in rows)}
     return summarize(rows, organs, seen_organs), failures

@@ -164,6 +164,43 @@ def test_size_mismatch_names_the_prediction(tmp_path):
     assert "a_pred.npy" in result.stderr and "differs" in result.stderr
 
 
+def _write_nuclei_table(path, scores: dict):
+    with open(path, "w", newline="") as fh:
+        fh.write("id,centroid_x,score\n")
+        fh.writelines(f"{i},1.5,{v}\n" for i, v in scores.items())
+
+
+def test_min_score_drops_weak_nuclei_before_scoring(label_dirs, fixture_maps):
+    """--min-score T scores the map as if predicted with threshold T (>= T kept)."""
+    gt_dir, pred_dir = label_dirs
+    expected = {}
+    for image, case in IMAGES.items():
+        pred = fixture_maps[f"{case}_pred"]
+        ids = [int(i) for i in np.unique(pred) if i]
+        scores = {i: (0.9 if k % 2 == 0 else 0.5) for k, i in enumerate(ids)}
+        _write_nuclei_table(pred_dir / f"{image}_nuclei.csv", scores)
+        weak = [i for i, v in scores.items() if v < 0.6]
+        kept = np.where(np.isin(pred, weak), 0, pred)
+        expected[image] = score_pair(fixture_maps[f"{case}_gt"], kept)
+    result = run("score", "--gt", gt_dir, "--pred", pred_dir, "--format", "json",
+                 "--min-score", "0.6")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["per_image"]
+    assert {row.pop("image"): row for row in rows} == expected
+    assert expected != _expected_rows(fixture_maps)     # the filter changed something
+    at_half = run("score", "--gt", gt_dir, "--pred", pred_dir, "--format", "json",
+                  "--min-score", "0.5")           # >= keeps everything
+    plain = run("score", "--gt", gt_dir, "--pred", pred_dir, "--format", "json")
+    assert json.loads(at_half.stdout)["mean"] == json.loads(plain.stdout)["mean"]
+
+
+def test_min_score_without_nuclei_table_names_the_missing_file(label_dirs):
+    gt_dir, pred_dir = label_dirs
+    result = run("score", "--gt", gt_dir, "--pred", pred_dir, "--min-score", "0.5")
+    assert result.exit_code != 0
+    assert "_nuclei.csv" in result.stderr and "missing" in result.stderr
+
+
 def _write_scores(path, rows):
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["image", *METRIC_NAMES])

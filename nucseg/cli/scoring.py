@@ -37,10 +37,14 @@ def _emit_text(text: str, output) -> Path | None:
 @click.option("--seen-organs", multiple=True, metavar="ORGANS",
               help="Comma-separated organs seen in training (with --metadata); "
                    "default: breast,kidney,liver,prostate (the MoNuSeg training organs).")
+@click.option("--min-score", type=click.FloatRange(0, 1), metavar="T",
+              help="Count only predicted nuclei with score >= T (the `score` column of the "
+                   "<stem>_nuclei.csv beside each map), to choose --min-confidence on "
+                   "validation tiles from one low-threshold prediction.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write here (plus <name>_record.yaml beside it) instead of stdout.")
 @friendly_errors
-def score(gt, pred, fmt, metadata, seen_organs, output):
+def score(gt, pred, fmt, metadata, seen_organs, min_score, output):
     """Score predicted label maps against ground truth: AJI, AJI+, PQ, DQ, SQ, Dice, Dice2.
 
     Metrics follow the HoVer-Net reference definitions (see docs/scoring.md). Every file must
@@ -51,6 +55,10 @@ def score(gt, pred, fmt, metadata, seen_organs, output):
       nucseg score --gt labels/ --pred predictions/ --format json -o scores.json
       nucseg score --gt labels/ --pred predictions/ --metadata metadata.csv \\
           --seen-organs breast,kidney,liver,prostate
+      # choose a confidence threshold on validation tiles predicted with a low one
+      nucseg predict val/images -m runs/paper --min-confidence 0.3 -o val_pred/
+      for t in 0.4 0.5 0.6 0.7 0.8; do
+        nucseg score --gt val/labels --pred val_pred --min-score $t | tail -1; done
     """
     from nucseg.io import make_record, write_record
     from nucseg.score_formats import render
@@ -59,7 +67,8 @@ def score(gt, pred, fmt, metadata, seen_organs, output):
     seen = [o.strip() for item in seen_organs for o in item.split(",") if o.strip()]
     if seen and not metadata:
         raise ValueError("--seen-organs needs --metadata (the organ of each image)")
-    result, failures = score_directories(gt, pred, metadata, seen or None)
+    result, failures = score_directories(gt, pred, metadata, seen or None,
+                                         min_score=min_score)
     if failures:
         for line in failures:
             click.echo(f"error: {line}", err=True)
@@ -72,7 +81,8 @@ def score(gt, pred, fmt, metadata, seen_organs, output):
         return
     write_record(record_path, make_record(
         "score", [p for p in (gt, pred, metadata) if p],
-        {"gt": gt, "pred": pred, "format": fmt, "metadata": metadata, "seen_organs": seen},
+        {"gt": gt, "pred": pred, "format": fmt, "metadata": metadata, "seen_organs": seen,
+         "min_score": min_score},
         output=output, n_images=result["n_images"], mean=result["mean"]))
     click.echo(f"scored {result['n_images']} image(s); wrote {output}", err=True)
 
