@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from nucseg.data.augment import AugmentOptions
-from nucseg.data.folds import ORGAN_GROUPS, k_folds, organ_folds  # noqa: F401 (re-export)
+from nucseg.data.folds import ORGAN_GROUPS, k_folds, organ_fold_name, organ_folds  # noqa: F401
 from nucseg.data.loader import LoaderOptions
 
 HEAD_LAYERS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask")
@@ -366,18 +366,30 @@ def _trim_csv(csv_path: Path, epoch: int) -> None:
             csv.writer(fh).writerows(kept)
 
 
+FOLD_PLAN = "folds_plan.yaml"
+
+
 def train_folds(config, dataset, run_dir, options: TrainOptions, folds, resume=False,
-                log=print) -> list[dict]:
-    """One model per fold, each in run_dir/<fold name>/, trained without its held-out images."""
+                log=print, extend=None) -> list[dict]:
+    """One model per fold, each in run_dir/<fold name>/, trained without its held-out images.
+
+    The plan (config, options, data, folds) is written first, so `resume_folds` can finish
+    folds that an interruption left unstarted.
+    """
     from nucseg.io import make_record, write_record
 
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_yaml(run_dir / FOLD_PLAN, {
+        "config": config.to_dict(), "options": options.to_dict(),
+        "dataset": dataset.describe(),
+        "folds": [{"name": n, "train": list(t), "held_out": list(h)} for n, t, h in folds]})
     results = []
     for fold_name, train_names, held_out in folds:
         log(f"fold {fold_name}: {len(train_names)} training images, {len(held_out)} held out")
         summary = train_run(config, dataset.subset(train_names), run_dir / fold_name, options,
                             resume=resume and (run_dir / fold_name / "config.yaml").is_file(),
-                            log=log)
+                            log=log, extend=extend)
         summary.update(fold=fold_name, held_out=held_out)
         results.append(summary)
     write_record(run_dir / "folds.yaml", make_record("train --folds", options=options.to_dict(),
@@ -386,12 +398,21 @@ def train_folds(config, dataset, run_dir, options: TrainOptions, folds, resume=F
 
 
 def resume_folds(run_dir, options: TrainOptions, log=print, extend=None) -> list[dict]:
-    """Continue every fold sub-run of an ensemble run directory."""
-    subs = [d for d in sorted(Path(run_dir).iterdir()) if (d / "train.yaml").is_file()]
-    if not subs:
-        raise ValueError(f"{run_dir}: no fold sub-directories to resume")
-    return [train_run(None, None, d, options, resume=True, log=log, extend=extend)
-            for d in subs]
+    """Continue an ensemble run: every fold, including those not started before the stop."""
+    from nucseg.data.dataset import Dataset
+    from nucseg.mrcnn.config import Config
+
+    run_dir = Path(run_dir)
+    plan = _read_yaml(run_dir / FOLD_PLAN) if (run_dir / FOLD_PLAN).is_file() else None
+    if plan is None:
+        raise ValueError(f"{run_dir}: nothing to resume (neither config.yaml of a run nor "
+                         f"{FOLD_PLAN} of a fold ensemble)")
+    saved = {**plan["options"], "progress": options.progress}
+    saved.update(_schedule_changes(saved, extend))
+    folds = [(f["name"], f["train"], f["held_out"]) for f in plan["folds"]]
+    return train_folds(Config(**plan["config"]), Dataset.from_description(plan["dataset"]),
+                       run_dir, TrainOptions(**saved), folds, resume=True, log=log,
+                       extend=extend)
 
 
 def parse_epochs(text: str | None) -> list[int] | None:
@@ -450,6 +471,11 @@ def train_command(run_dir, images=None, labels=None, hstain=None, distance=None,
         if metadata is None:
             raise ValueError("--folds organ needs --metadata CSV (columns id, organ)")
         fold_list = organ_folds(metadata, dataset.names)
+        if len(fold_list) < len(ORGAN_GROUPS):
+            trained = {name for name, _, _ in fold_list}
+            absent = [g for g in ORGAN_GROUPS if organ_fold_name(g) not in trained]
+            log(f"note: no training image of {', '.join(absent)}: {len(fold_list)} fold models "
+                f"instead of {len(ORGAN_GROUPS)}")
     else:
         try:
             k = int(folds)

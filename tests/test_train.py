@@ -74,6 +74,22 @@ def test_organ_and_k_folds(shared_dir):
     assert all(not set(train) & set(held) for _, train, held in kf)
 
 
+def test_organ_folds_say_which_groups_have_no_images(tmp_path, monkeypatch):
+    """Only breast and liver tiles: two fold models, and the run says the others are missing."""
+    for k, name in enumerate(["b1", "l1", "l2"]):
+        write_square_nuclei(tmp_path, name, size=64, count=2, side=8, seed=k)
+    meta = tmp_path / "meta.csv"
+    meta.write_text("id,organ\nb1,Breast\nl1,Liver\nl2,liver\n")
+    planned, lines = [], []
+    monkeypatch.setattr(T, "train_folds", lambda config, data, run, opts, folds, log:
+                        planned.extend(f[0] for f in folds) or [])
+    T.train_command(tmp_path / "run", tmp_path / "im", tmp_path / "lab", folds="organ",
+                    metadata=meta, log=lines.append)
+    assert planned == ["without_breast", "without_liver"]
+    assert any("kidney, prostate, bladder+colon+stomach: 2 fold models instead of 5" in line
+               for line in lines), lines
+
+
 # ---------------------------------------------------------------------------------------------
 # the learning test
 # ---------------------------------------------------------------------------------------------
@@ -202,33 +218,74 @@ def test_cli_train_and_resume(tmp_path, monkeypatch):
     assert saved["epochs"] == [0, 2, 0, 0] and saved["loader"]["normalize"] is True
     with open(run / "losses.csv") as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 1, 2, 2]
+    ignored = CliRunner().invoke(main, ["train", "-o", str(run), "--resume", "--learning-rate",
+                                        "1e-5", "--images", str(tmp_path / "im")])
+    assert ignored.exit_code == 2 and "Remove: --images, --learning-rate" in ignored.output
     clash = CliRunner().invoke(main, args)          # a finished run is not overwritten
     assert clash.exit_code == 2 and "--resume" in clash.output
 
 
+class _FakeFoldData:
+    names = ["a", "b", "c", "d"]
+
+    def subset(self, names):
+        return names
+
+    def describe(self):
+        return {"names": self.names}
+
+
 def test_train_folds_one_subdirectory_per_fold(tmp_path, monkeypatch):
+    from nucseg.mrcnn.config import Config
+
     calls = []
 
-    class FakeData:
-        names = ["a", "b", "c", "d"]
-
-        def subset(self, names):
-            return names
-
-    def fake_run(config, dataset, run_dir, options, resume=False, log=print):
+    def fake_run(config, dataset, run_dir, options, resume=False, log=print, extend=None):
         calls.append((Path(run_dir).name, list(dataset)))
         return {"run_dir": str(run_dir)}
 
     monkeypatch.setattr(T, "train_run", fake_run)
-    folds = T.k_folds(FakeData.names, 2, seed=0)
-    T.train_folds(None, FakeData(), tmp_path, T.TrainOptions(), folds, log=lambda *a: None)
+    folds = T.k_folds(_FakeFoldData.names, 2, seed=0)
+    T.train_folds(Config.preset("paper"), _FakeFoldData(), tmp_path, T.TrainOptions(), folds,
+                  log=lambda *a: None)
     assert [c[0] for c in calls] == ["fold1", "fold2"]
-    assert sorted(calls[0][1] + calls[1][1]) == FakeData.names
+    assert sorted(calls[0][1] + calls[1][1]) == _FakeFoldData.names
     import yaml
 
     record = yaml.safe_load((tmp_path / "folds.yaml").read_text())
     assert [sorted(f["held_out"]) for f in record["folds"]] == [sorted(c[1]) for c in
                                                                reversed(calls)]
+
+
+def test_resume_folds_finishes_folds_an_interruption_left_unstarted(tmp_path, monkeypatch):
+    """A crash in fold 2 of 3: --resume continues folds 1 and 2, then starts fold 3."""
+    import nucseg.data.dataset
+    from nucseg.mrcnn.config import Config
+
+    calls, crash_in = [], ["fold2"]
+
+    def fake_run(config, dataset, run_dir, options, resume=False, log=print, extend=None):
+        calls.append((Path(run_dir).name, resume, options.epochs, config.NAME))
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "config.yaml").write_text("{}")
+        if Path(run_dir).name in crash_in:
+            crash_in.clear()
+            raise RuntimeError("crash")
+        return {"run_dir": str(run_dir)}
+
+    monkeypatch.setattr(T, "train_run", fake_run)
+    monkeypatch.setattr(nucseg.data.dataset.Dataset, "from_description",
+                        classmethod(lambda cls, d: _FakeFoldData()))
+    folds = T.k_folds(_FakeFoldData.names, 3, seed=0)
+    options = T.TrainOptions(epochs=[1, 2, 1, 1])
+    with pytest.raises(RuntimeError, match="crash"):
+        T.train_folds(Config.preset("paper", NAME="ens"), _FakeFoldData(), tmp_path, options,
+                      folds, log=lambda *a: None)
+    calls.clear()
+    T.train_command(tmp_path, resume=True, log=lambda *a: None, extend={"epochs": [1, 3, 1, 1]})
+    assert [(name, resume) for name, resume, _, _ in calls] == [
+        ("fold1", True), ("fold2", True), ("fold3", False)]
+    assert calls[-1][2] == [1, 3, 1, 1] and calls[-1][3] == "ens"   # longer, same config
 
 
 def test_init_from_other_class_count_excludes_the_heads(tmp_path, monkeypatch):

@@ -93,7 +93,17 @@ def train(run_dir, images, labels, hstain, distance, classes, config_spec, backb
                            layers=layers, optimizer=optimizer, init=init, exclude=list(exclude),
                            checkpoint_every=checkpoint_every, progress=not no_progress,
                            augment=augment, loader={"normalize": normalize, "workers": workers})
-    extend = _given_on_command_line(stage=stage, epochs=options.epochs) if resume else None
+    extend = None
+    if resume:
+        typed = _typed_options()
+        ignored = [flag for name, flag in typed.items()
+                   if name not in ("run_dir", "resume", "no_progress", "stage", "epochs")]
+        if ignored:
+            raise click.UsageError(
+                "--resume takes the data and options from the run's train.yaml; only --stage "
+                "and --epochs can change. Remove: " + ", ".join(ignored))
+        extend = {"stage": stage if "stage" in typed else None,
+                  "epochs": options.epochs if "epochs" in typed else None}
     try:
         results = train_command(run_dir, images, labels, hstain, distance, classes, config_spec,
                                 backbone, name, folds, metadata, resume, seed, options,
@@ -107,13 +117,13 @@ def train(run_dir, images, labels, hstain, distance, classes, config_spec, backb
         click.echo(f"{r['run_dir']}: epoch {r['epoch']}, checkpoint {r['checkpoint']}")
 
 
-def _given_on_command_line(**values) -> dict:
-    """The options the user typed (not click defaults): on --resume they change the schedule."""
+def _typed_options() -> dict:
+    """{parameter name: its flag} for the options the user typed (not click defaults)."""
     from click.core import ParameterSource
 
     ctx = click.get_current_context()
-    return {name: value for name, value in values.items()
-            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    return {param.name: param.opts[0] for param in ctx.command.params
+            if ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE}
 
 
 @main.group("model")

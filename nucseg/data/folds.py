@@ -11,6 +11,11 @@ ORGAN_GROUPS = {"breast": ("breast",), "kidney": ("kidney",), "liver": ("liver",
                 "prostate": ("prostate",), "bladder+colon+stomach": ("bladder", "colon", "stomach")}
 
 
+def organ_fold_name(group: str) -> str:
+    """The sub-directory of the model trained without an organ group."""
+    return f"without_{group.replace('+', '_')}"
+
+
 def organ_folds(metadata_csv, names) -> list[tuple[str, list[str], list[str]]]:
     """The paper's five models: (fold name, training stems, left-out stems), one per organ group.
 
@@ -35,7 +40,7 @@ def organ_folds(metadata_csv, names) -> list[tuple[str, list[str], list[str]]]:
         held = [n for n in names if organ_of[n] in organs]
         if not held:
             continue
-        folds.append((f"without_{group.replace('+', '_')}",
+        folds.append((organ_fold_name(group),
                       [n for n in names if n not in held], held))
     if not folds:
         raise ValueError("no training image belongs to any organ group")
