@@ -171,3 +171,35 @@ def test_loader_batches_are_deterministic_and_consistent(tmp_path):
     assert not b["input_gt_masks"][0][..., n:].any()
     positives = int((b["input_rpn_match"][0] == 1).sum())
     assert 0 < positives <= 128 and np.abs(b["input_rpn_bbox"][0][:positives]).sum() > 0
+
+
+def test_per_image_normalisation_uses_the_whole_tile_and_zeroes_the_border(tmp_path):
+    """--normalize: a crop is standardised with its tile's statistics (as detect() does on the
+    tile) and pixels from outside the tile (rotated-in corners) are 0, as inference padding."""
+    from nucseg.data.loader import LoaderOptions, TrainingLoader, channel_stats
+    from nucseg.mrcnn.config import Config
+
+    write_square_nuclei(tmp_path, "t", size=300, count=30, side=14, seed=5)
+    rgb = np.zeros((300, 300, 3), np.uint8)
+    rgb[:, :150] = 40                      # a crop's statistics differ from the tile's
+    rgb[:, 150:] = 220
+    write_rgb(tmp_path / "im" / "t.png", rgb)
+    dataset = Dataset(tmp_path / "im", tmp_path / "lab")
+    mean, std = channel_stats(dataset.load(0).image)
+    config = Config.preset("paper", MAX_GT_INSTANCES=50, IMAGE_NORMALIZATION="per_image")
+    tile_values = (np.array([40, 220]) - mean[0]) / std[0]
+
+    def red_channels(rotate):
+        options = AugmentOptions(crop_size=256, flips=False, rotate=rotate,
+                                 brightness_contrast=False)
+        loader = TrainingLoader(dataset, config, options, LoaderOptions(seed=0, workers=1))
+        return [loader.sample(0, step)["input_image"][..., 0] for step in range(6)]
+
+    for red in red_channels(rotate=False):      # exactly the tile's two standardised values
+        assert np.abs(red[..., None] - tile_values).min(axis=-1).max() < 1e-4
+    corners = 0
+    for red in red_channels(rotate=True):
+        corners += int((red == 0).sum())
+        # only the 1-px interpolation ring at a rotated edge falls below the tile's values
+        assert (red < tile_values.min() - 1e-3).mean() < 0.02
+    assert corners > 1000                   # some step rotated (p 0.5 over 6 steps)

@@ -49,18 +49,30 @@ def build_pipeline(options: AugmentOptions, seed: int | None = None):
 
 
 def augment(image: np.ndarray, labels: np.ndarray, options: AugmentOptions,
-            seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented (image H x W x C uint8, labels H x W int32) pair, reproducible by seed."""
+            seed: int, return_valid: bool = False):
+    """One augmented (image H x W x C uint8, labels H x W int32) pair, reproducible by seed.
+
+    With `return_valid`, also a bool map of the pixels that came from the image (not from
+    padding or rotated-in corners), so per-image standardisation can zero the rest as
+    inference zero-pads.
+    """
     image = np.asarray(image)
     pipeline = build_pipeline(options, seed=int(seed))
     kwargs = dict(image=np.ascontiguousarray(image[..., :3]),
                   mask=np.ascontiguousarray(labels.astype(np.int32)))
-    extra = image.shape[-1] > 3
+    extra = [image[..., 3:]] if image.shape[-1] > 3 else []
+    if return_valid:
+        extra.append(np.ones(image.shape[:2] + (1,), image.dtype))
     if extra:
-        kwargs["extra"] = np.ascontiguousarray(image[..., 3:])
+        kwargs["extra"] = np.ascontiguousarray(np.dstack(extra))
     out = pipeline(**kwargs)
     result = out["image"]
     if extra:
         more = out["extra"]
         result = np.dstack([result, more.reshape(more.shape[:2] + (-1,))])
-    return result.astype(image.dtype), out["mask"].astype(np.int32)
+    valid = None
+    if return_valid:
+        result, valid = result[..., :-1], result[..., -1] > 0
+    result = result.astype(image.dtype)
+    labels = out["mask"].astype(np.int32)
+    return (result, labels, valid) if return_valid else (result, labels)

@@ -44,12 +44,19 @@ def instances_from_labels(labels: np.ndarray, class_of=None):
     return masks, class_ids, np.array(boxes, np.int32).reshape(-1, 4)
 
 
-def standardize(image: np.ndarray) -> np.ndarray:
-    """Per-image, per-channel zero mean and unit variance (constant channels become 0)."""
-    image = image.astype(np.float32)
-    mean = image.mean(axis=(0, 1), keepdims=True)
-    std = image.std(axis=(0, 1), keepdims=True)
-    return ((image - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+def channel_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation (1 where a channel is constant)."""
+    image = np.asarray(image, np.float32)
+    mean = image.mean(axis=(0, 1))
+    std = image.std(axis=(0, 1))
+    return mean, np.where(std > 0, std, 1.0).astype(np.float32)
+
+
+def standardize(image: np.ndarray, stats=None) -> np.ndarray:
+    """Per-image, per-channel zero mean and unit variance (constant channels become 0);
+    `stats` (mean, std) from a larger image, e.g. the tile a training crop was cut from."""
+    mean, std = stats if stats is not None else channel_stats(image)
+    return ((np.asarray(image, np.float32) - mean) / std).astype(np.float32)
 
 
 class TrainingLoader:
@@ -87,8 +94,8 @@ class TrainingLoader:
         rng = np.random.default_rng([self.options.seed, epoch, step, slot])
         index = self._image_index(epoch, step * config.BATCH_SIZE + slot)
         source = self.dataset.load(index)
-        image, labels = augment(source.image, source.labels, self.augment_options,
-                                seed=int(rng.integers(2**31)))
+        image, labels, valid = augment(source.image, source.labels, self.augment_options,
+                                       seed=int(rng.integers(2**31)), return_valid=True)
         masks, class_ids, boxes = instances_from_labels(labels, source.class_of)
         if len(class_ids) > config.MAX_GT_INSTANCES:
             keep = np.sort(rng.choice(len(class_ids), config.MAX_GT_INSTANCES, replace=False))
@@ -97,11 +104,14 @@ class TrainingLoader:
         size = self.image_shape[0]
         h, w = image.shape[:2]
         top, left = (size - h) // 2, (self.image_shape[1] - w) // 2
-        # as at inference: per-image standardisation before padding with 0 (its mean);
-        # MEAN_PIXEL subtraction after padding with 0 (so the padding holds -MEAN_PIXEL)
+        # as at inference: per-image standardisation with the whole tile's statistics, 0 (its
+        # mean) outside the image; MEAN_PIXEL subtraction after padding with 0 (so padding
+        # and rotated-in corners hold -MEAN_PIXEL)
         canvas = np.zeros(self.image_shape, np.float32)
         if self.per_image:
-            canvas[top:top + h, left:left + w] = standardize(image)
+            stats = channel_stats(source.image)
+            canvas[top:top + h, left:left + w] = np.where(
+                valid[..., None], standardize(image, stats), 0.0)
         else:
             canvas[top:top + h, left:left + w] = image
             canvas = mold_image(canvas, config)
