@@ -226,6 +226,7 @@ def train_run(config, dataset, run_dir, options: TrainOptions, resume: bool = Fa
     if dataset.num_classes > config.NUM_CLASSES:
         raise ValueError(f"the data set has {dataset.num_classes - 1} classes but the config "
                          f"NUM_CLASSES is {config.NUM_CLASSES} (background included)")
+    dataset.check(progress=options.progress)
     run_dir.mkdir(parents=True, exist_ok=True)
     name = (config.NAME or "nucseg").lower()
     steps = int(options.steps_per_epoch or config.STEPS_PER_EPOCH)

@@ -64,6 +64,35 @@ def test_import_pannuke_cli_writes_images_labels_and_class_table(tmp_path):
     sample = dataset.load(0)
     assert sample.class_of(int(labels[100, 100])) == 3
 
+    # a second fold into the same directory keeps the first fold's rows; a re-import of a
+    # fold replaces its own rows
+    _pannuke_fold(tmp_path / "Fold 2")
+    for fold_dir in ("Fold 2", "Fold 1"):
+        again = CliRunner().invoke(main, ["import", "pannuke", str(tmp_path / fold_dir), "-o",
+                                          str(out), "--no-progress"])
+        assert again.exit_code == 0, again.output
+    with open(out / "classes.csv") as fh:
+        merged = list(csv.DictReader(fh))
+    assert sorted({r["image"] for r in merged}) == ["fold1_00000", "fold1_00001",
+                                                     "fold2_00000", "fold2_00001"]
+    assert len(merged) == 2 * len(rows)
+    with open(out / "metadata.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 4
+
+
+def test_class_table_must_cover_every_nucleus(tmp_path):
+    """A nucleus without a class row is an error naming the table and image, found by
+    Dataset.check before training starts, not silently class 1."""
+    write_square_nuclei(tmp_path, "a", size=64, count=3, side=8, seed=0)
+    write_square_nuclei(tmp_path, "b", size=64, count=3, side=8, seed=1)
+    table = tmp_path / "classes.csv"
+    table.write_text("image,label,class_id\na,1,2\na,2,1\na,3,1\nb,1,1\n")
+    dataset = Dataset(tmp_path / "im", tmp_path / "lab", classes=table, channels=3)
+    assert dataset.load(0).class_of(1) == 2
+    with pytest.raises(ValueError, match=r"1 of 2 training images are unusable: .*classes.csv"
+                                         r": no class for 2 nucleus label\(s\) of image b"):
+        dataset.check()
+
 
 def test_import_pannuke_missing_file_is_one_clear_error(tmp_path):
     (tmp_path / "fold").mkdir()

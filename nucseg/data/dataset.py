@@ -194,6 +194,23 @@ class Dataset:
         return Dataset(**self._source, channels=self.channels, names=list(names),
                        cache=self._cache is not None, **self.options)
 
+    def check(self, progress: bool = False) -> None:
+        """Read every sample once (filling the cache), so a bad file stops training before it
+        starts; the error lists every unusable pair, not just the first."""
+        from tqdm import tqdm
+
+        problems = []
+        for index in tqdm(range(len(self)), desc="check data", unit="image",
+                          disable=not progress or len(self) < 2):
+            try:
+                self.load(index)
+            except (InputError, ValueError, OSError) as exc:
+                problems.append(str(exc))
+        if problems:
+            more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            raise ValueError(f"{len(problems)} of {len(self)} training images are unusable: "
+                             + "; ".join(problems[:5]) + more)
+
     def load(self, index: int) -> Sample:
         if self._cache is not None:
             with self._lock:
@@ -215,6 +232,12 @@ class Dataset:
                                          f"its image is {rgb.shape[0]}x{rgb.shape[1]}")
         name = image_path.stem
         classes = dict(self.class_table.get(name, {}))
+        if self._source["classes"] is not None:
+            ids = np.unique(labels)
+            unclassed = [int(i) for i in ids[ids > 0] if int(i) not in classes]
+            if unclassed:
+                raise InputError(self._source["classes"], f"no class for {len(unclassed)} "
+                                 f"nucleus label(s) of image {name} (first: {unclassed[0]})")
         if self.options["fill_holes"]:
             labels = fill_holes(labels)
         if self.options["split_components"]:

@@ -78,11 +78,31 @@ def masks_to_labels(masks: np.ndarray) -> tuple[np.ndarray, list[int]]:
     return labels, classes
 
 
+def _merge_table(path: Path, header: tuple, rows: list, stems: set) -> None:
+    """Write rows into a CSV table, keeping the rows of other images already there, so several
+    folds can be imported into one directory (re-importing a fold replaces its rows)."""
+    from nucseg.io import atomic_path
+
+    kept = []
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            if tuple(next(reader, ())) != header:
+                raise InputError(path, f"exists but its header is not {','.join(header)}")
+            kept = [row for row in reader if row and row[0] not in stems]
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            writer.writerows(kept)
+            writer.writerows(rows)
+
+
 def import_pannuke(fold_dir, outdir, progress: bool = True) -> PanNukeImport:
     """Convert one PanNuke fold; every output file is written atomically."""
     from tqdm import tqdm
 
-    from nucseg.io import atomic_path, write_labels, write_rgb
+    from nucseg.io import write_labels, write_rgb
 
     files = find_fold_files(fold_dir)
     images = _load(files["images"])
@@ -109,14 +129,8 @@ def import_pannuke(fold_dir, outdir, progress: bool = True) -> PanNukeImport:
             rows.append((stem, label, class_id, CLASS_NAMES[class_id - 1]))
             per_class[CLASS_NAMES[class_id - 1]] += 1
         organs.append((stem, str(types[i])))
-    with atomic_path(outdir / "classes.csv") as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(("image", "label", "class_id", "class_name"))
-            writer.writerows(rows)
-    with atomic_path(outdir / "metadata.csv") as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(("id", "organ"))
-            writer.writerows(organs)
+    stems = {organ_row[0] for organ_row in organs}
+    _merge_table(outdir / "classes.csv", ("image", "label", "class_id", "class_name"), rows,
+                 stems)
+    _merge_table(outdir / "metadata.csv", ("id", "organ"), organs, stems)
     return PanNukeImport(images.shape[0], len(rows), per_class, outdir)
