@@ -11,9 +11,13 @@ nucseg trains with and with Keras's Adam.
 The distance channel of the held-out tiles: the paper feeds U-Net estimates at test time.
 `--test-distance gt` uses the ground-truth distance maps (an oracle: an upper bound, labelled
 as such), `zeros` an all-zero channel (the paper's ablation), or pass a directory of maps
-(e.g. `nucseg distance predict` output) with `--test-distance DIR`.
+(e.g. `nucseg distance predict` output) with `--test-distance DIR`. `--train-distance DIR`
+trains on such maps of the training tiles instead of ground-truth maps, so the model meets at
+test time the kind of channel it learned from (the fair pipeline, docs/training.md).
 
     python bench/train_monuseg.py --budget-minutes 60
+    python bench/train_monuseg.py --budget-minutes 90 --train-distance dist_train \
+        --test-distance dist_test
     python bench/train_monuseg.py --budget-minutes 8 --eval-tiles 14 --r101-steps 3
 """
 from __future__ import annotations
@@ -215,6 +219,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-tiles", type=int, default=14, help="held-out tiles to score")
     parser.add_argument("--test-distance", default="gt", help="gt | zeros | DIR")
+    parser.add_argument("--train-distance", default="gt",
+                        help="gt (maps from the labels, as the paper trained) | DIR of maps")
     parser.add_argument("--r101-steps", type=int, default=3, help="0 skips the R-101 timing")
     parser.add_argument("--r101-rois", default="600,64",
                         help="TRAIN_ROIS_PER_IMAGE values for the R-101 timing (paper: 600; "
@@ -233,7 +239,11 @@ def main():
     train, test = kumar_split()
     print(f"Kumar split: {len(train)} training tiles, {len(test)} held-out tiles")
     config = Config.preset("paper", NAME="bench")
-    dataset = Dataset(DATA / "images", DATA / "labels", names=train)
+    train_distance = None if args.train_distance == "gt" else args.train_distance
+    dataset = Dataset(DATA / "images", DATA / "labels", distance_dir=train_distance,
+                      names=train)
+    print(f"training distance channel: "
+          f"{'ground truth from the labels' if train_distance is None else train_distance}")
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="nucseg_bench_"))
     run_dir.mkdir(parents=True, exist_ok=True)
 
