@@ -16,13 +16,13 @@ trains on such maps of the training tiles instead of ground-truth maps, so the m
 test time the kind of channel it learned from (the fair pipeline, docs/training.md).
 
     python bench/train_monuseg.py --budget-minutes 60
+    python bench/train_monuseg.py --budget-minutes 8 --eval-tiles 14 --r101-steps 3
     python bench/train_monuseg.py --budget-minutes 90 --train-distance dist_train \
         --test-distance dist_test --min-scores 0.4,0.5,0.6,0.7
 
 `--min-scores` scores each held-out tile at several detection thresholds from one detection
 pass; the threshold reported as the result is chosen on the training tiles (`--tune-tiles`),
 never on the held-out ones.
-    python bench/train_monuseg.py --budget-minutes 8 --eval-tiles 14 --r101-steps 3
 """
 from __future__ import annotations
 
@@ -310,7 +310,8 @@ def main():
         rows = evaluate(weights, test[:args.eval_tiles], args.test_distance, thresholds,
                         with_baseline=True)
         for t in thresholds:
-            note = " <- chosen on training tiles" if t == chosen else " (not chosen; picking by these rows would peek at the test tiles)"
+            note = " <- chosen on training tiles" if t == chosen else \
+                " (not chosen; picking by these rows would peek at the test tiles)"
             print(f"  min score {t:g}: AJI {mean_of(rows, t, 'aji'):.4f}, "
                   f"PQ {mean_of(rows, t, 'pq'):.4f}, "
                   f"{np.mean([r[t]['n_pred'] for r in rows]):.0f} detections / "
