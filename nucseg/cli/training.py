@@ -24,7 +24,8 @@ from nucseg.cli.common import friendly_errors, main
                    "`nucseg import pannuke`; sets NUM_CLASSES to 1 + classes.")
 @click.option("--config", "config_spec", default="paper", show_default=True,
               metavar="PRESET|YAML", help="paper, ren, matterport or a config YAML.")
-@click.option("--backbone", type=click.Choice(["resnet50", "resnet101"]))
+@click.option("--backbone", type=click.Choice(["resnet50", "resnet101"]),
+              help="Override the config's BACKBONE (paper: resnet50).")
 @click.option("--name", help="Model NAME (names the checkpoints).")
 @click.option("--schedule", type=click.Choice(["paper", "matterport"]), default="paper",
               show_default=True, help="paper: Adam, 4 stages; matterport: SGD heads/4+/all.")
@@ -55,15 +56,17 @@ from nucseg.cli.common import friendly_errors, main
               help="Per-image zero-mean unit-variance instead of MEAN_PIXEL subtraction.")
 @click.option("--crop-size", type=click.IntRange(64), help="Random crop side (default: "
                                                             "IMAGE_MIN_DIM, 256 paper).")
-@click.option("--no-flips", is_flag=True)
-@click.option("--no-rotate", is_flag=True)
-@click.option("--no-brightness", is_flag=True)
+@click.option("--no-flips", is_flag=True, help="No random flips.")
+@click.option("--no-rotate", is_flag=True, help="No random rotations (up to 180 degrees).")
+@click.option("--no-brightness", is_flag=True,
+              help="No random brightness/contrast (RGB only).")
 @click.option("--blur", is_flag=True, help="Add Gaussian blur (RGB only).")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=1, show_default=True,
               help="Save every N epochs (and at every stage end).")
-@click.option("--workers", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
+              help="Threads preparing batches.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
 @friendly_errors
 def train(run_dir, images, labels, hstain, distance, classes, config_spec, backbone, name,
           schedule, stage, epochs, steps_per_epoch, learning_rate, layers, optimizer, init,
