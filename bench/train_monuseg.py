@@ -18,7 +18,7 @@ test time the kind of channel it learned from (the fair pipeline, docs/training.
     python bench/train_monuseg.py --budget-minutes 60
     python bench/train_monuseg.py --budget-minutes 8 --eval-tiles 14 --r101-steps 3
     python bench/train_monuseg.py --budget-minutes 90 --train-distance dist_train \
-        --test-distance dist_test --min-scores 0.4,0.5,0.6,0.7
+        --test-distance dist_test --min-scores 0.5,0.6,0.7
 
 `--min-scores` scores each held-out tile at several detection thresholds from one detection
 pass; the threshold reported as the result is chosen on the training tiles (`--tune-tiles`),
@@ -250,8 +250,9 @@ def main():
     parser.add_argument("--train-distance", default="gt",
                         help="gt (maps from the labels, as the paper trained) | DIR of maps")
     parser.add_argument("--min-scores", default="0.7",
-                        help="detection thresholds to score, e.g. 0.4,0.5,0.6,0.7 (the model "
-                             "detects once at the lowest)")
+                        help="detection thresholds to score, e.g. 0.5,0.6,0.7 (the model "
+                             "detects once at the lowest; with 2 classes every score exceeds "
+                             "0.5, so lower values add nothing)")
     parser.add_argument("--tune-tiles", type=int, default=16,
                         help="training tiles on which to choose among --min-scores (0: use "
                              "the highest)")
