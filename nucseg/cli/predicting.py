@@ -72,7 +72,8 @@ def _predict_options(merge_method, iou_threshold, iou_type, min_members, mask_th
 @click.option("--max-detections", type=click.IntRange(1),
               help="Override DETECTION_MAX_INSTANCES.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1),
-              help="Override DETECTION_MIN_CONFIDENCE.")
+              help="Override DETECTION_MIN_CONFIDENCE (a one-class model scores every "
+                   "detection above 0.5, so lower values act as 0.5).")
 @click.option("--keep-members", is_flag=True,
               help="Also write each member's raw detections as <stem>_memberNN.npz.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the HSV shift.")
