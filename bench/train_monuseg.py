@@ -295,7 +295,8 @@ def main():
               f"TRAINING tiles (distance: {train_distance_key})")
         tuned = evaluate(weights, train[:args.tune_tiles], train_distance_key, thresholds,
                          with_baseline=False)
-        chosen = max(thresholds, key=lambda t: mean_of(tuned, t, "aji"))
+        # ties (e.g. every threshold <= 0.5 with two classes) go to the highest threshold
+        chosen = max(thresholds, key=lambda t: (round(mean_of(tuned, t, "aji"), 9), t))
         print("  training-tile AJI by threshold: " + ", ".join(
             f"{t:g}: {mean_of(tuned, t, 'aji'):.4f}" for t in thresholds)
               + f" -> chosen {chosen:g}")
