@@ -147,8 +147,10 @@ def tile_input(name, distance):
 def confident_labels(result, min_score):
     """The detection's label map without the nuclei scoring below `min_score` (label i + 1 is
     detection i), i.e. what detecting with DETECTION_MIN_CONFIDENCE = min_score gives."""
-    weak = np.flatnonzero(np.asarray(result["scores"]) < min_score) + 1
-    return np.where(np.isin(result["labels"], weak), 0, result["labels"])
+    from nucseg.scoring import drop_weak
+
+    scores = {i + 1: float(score) for i, score in enumerate(result["scores"])}
+    return drop_weak(result["labels"], scores, min_score)
 
 
 def evaluate(weights, names, distance, thresholds, with_baseline):
@@ -289,11 +291,10 @@ def main():
         weights = train_and_report(config, dataset, args, run_dir)
 
     thresholds = sorted(float(v) for v in args.min_scores.split(","))
-    train_distance_key = args.train_distance
     if args.tune_tiles > 0 and len(thresholds) > 1:
         print(f"choosing the detection threshold on {min(args.tune_tiles, len(train))} "
-              f"TRAINING tiles (distance: {train_distance_key})")
-        tuned = evaluate(weights, train[:args.tune_tiles], train_distance_key, thresholds,
+              f"TRAINING tiles (distance: {args.train_distance})")
+        tuned = evaluate(weights, train[:args.tune_tiles], args.train_distance, thresholds,
                          with_baseline=False)
         # ties (e.g. every threshold <= 0.5 with two classes) go to the highest threshold
         chosen = max(thresholds, key=lambda t: (round(mean_of(tuned, t, "aji"), 9), t))

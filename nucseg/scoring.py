@@ -131,7 +131,12 @@ def keep_confident(labels: np.ndarray, table_path, min_score: float) -> np.ndarr
     if unknown:
         raise InputError(table_path, f"{len(unknown)} label(s) of the map have no row "
                                      f"(first: {unknown[0]})")
-    weak = [i for i in ids if scores[int(i)] < min_score]
+    return drop_weak(labels, scores, min_score)
+
+
+def drop_weak(labels: np.ndarray, scores: dict, min_score: float) -> np.ndarray:
+    """`labels` without the ids whose score ({id: score}) is below `min_score`."""
+    weak = [i for i, score in scores.items() if score < min_score]
     return np.where(np.isin(labels, weak), 0, labels).astype(labels.dtype)
 
 
