@@ -28,6 +28,9 @@ from nucseg.tta import make_views
 
 METHOD_DEFAULTS = {"vote": {"iou_threshold": 0.7, "mask_threshold": 0.7},
                    "mask-nms": {"iou_threshold": 0.5, "mask_threshold": 0.5}}
+# One member has nothing to vote on: its masks are cut where Matterport's detection cuts them
+# (DETECTION_MASK_THRESHOLD), so one model without TTA gives what model.detect gives.
+SINGLE_MEMBER_MASK_THRESHOLD = 0.5
 
 
 @dataclass
@@ -39,7 +42,8 @@ class PredictOptions:
     iou_threshold: float | None = None        # None: the method's default (vote 0.7, nms 0.5)
     iou_type: str = "box"                     # vote only: "box" or "mask"
     min_members: int | None = None            # None: a majority of the members
-    mask_threshold: float | None = None       # None: the method's default (vote 0.7, nms 0.5)
+    mask_threshold: float | None = None       # None: the method's default (vote 0.7, nms 0.5;
+                                              # 0.5 for a single member)
     min_area: int = 50
     tile_size: int = 1024
     overlap: int = 128
@@ -62,9 +66,11 @@ class PredictOptions:
         if not 0 <= self.overlap < self.tile_size // 2:
             raise ValueError(f"overlap must be in [0, tile size / 2), got {self.overlap}")
 
-    def merge_kwargs(self) -> dict:
+    def merge_kwargs(self, n_members: int) -> dict:
         kwargs = dict(METHOD_DEFAULTS[self.merge], min_members=self.min_members,
                       min_area=self.min_area)
+        if n_members == 1:
+            kwargs["mask_threshold"] = SINGLE_MEMBER_MASK_THRESHOLD
         if self.iou_threshold is not None:
             kwargs["iou_threshold"] = self.iou_threshold
         if self.mask_threshold is not None:
@@ -195,7 +201,7 @@ def predict_image(image_path, detectors, outdir, opts: PredictOptions,
         for k, member in enumerate(members):
             kept.append(save_member(member_file(outdir, stem, k), member).name)
     t0 = time.perf_counter()
-    merged = merge_members(members, opts.merge, **opts.merge_kwargs())
+    merged = merge_members(members, opts.merge, **opts.merge_kwargs(len(members)))
     timings["merge"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     hstain = _hstain_for_table(rgb, stem, sources) if opts.csv else None
@@ -274,7 +280,7 @@ def merge_member_group(stem: str, group, outdir, opts: PredictOptions, image_dir
     start = time.perf_counter()
     paths = [p for p, _ in group]
     members = [m for _, m in group]
-    merged = merge_members(members, opts.merge, **opts.merge_kwargs())
+    merged = merge_members(members, opts.merge, **opts.merge_kwargs(len(members)))
     image = _find_image(stem, members[0], image_dir)
     rgb = read_rgb(image) if image is not None else None
     if rgb is not None and rgb.shape[:2] != members[0].image_shape:

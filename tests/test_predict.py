@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from nucseg.channels import ChannelSources, model_input
 from nucseg.cli import main
-from nucseg.io import read_labels, write_float_map, write_rgb
+from nucseg.io import read_labels, read_rgb, write_float_map, write_rgb
 from nucseg.members import Member
 from nucseg.predict import (PredictOptions, image_members, merge_from_paths, predict_images)
 from nucseg.tiling import detect_tiled, plan_tiles
@@ -184,6 +184,35 @@ def test_predict_writes_outputs_and_merging_later_is_identical(tmp_path, images)
         later = read_outputs(tmp_path / "later", path.stem)
         np.testing.assert_array_equal(inside[0], later[0])
         assert inside[1] == later[1] and inside[2] == later[2]
+
+
+class FaintRimDetector(BlobDetector):
+    """Blobs whose soft masks are 0.9 inside and 0.6 on the rim, between the two thresholds."""
+
+    def detect(self, images):
+        results = super().detect(images)
+        for result in results:
+            result["masks"] = [np.where(m >= 0.8, 0.9, np.where(m > 0, 0.6, 0)).astype(np.float32)
+                               for m in result["masks"]]
+        return results
+
+
+def test_one_model_without_tta_cuts_masks_where_detection_does(tmp_path, images):
+    """One member has nothing to vote on: its masks are cut at Matterport's 0.5, not the vote's
+    0.7, so `predict -m MODEL` paints what model.detect found; an explicit threshold wins."""
+    detector = FaintRimDetector()
+    raw = detector.detect([read_rgb(images[0])])[0]
+    for threshold, expected in ((None, 0.5), (0.7, 0.7)):
+        out = tmp_path / f"out_{threshold}"
+        opts = PredictOptions(progress=False, min_area=0, csv=False, geojson=False,
+                              mask_threshold=threshold)
+        assert predict_images(images[:1], [detector], out, opts) == ([], 0)
+        labels = read_labels(out / f"{images[0].stem}_labels.tif")
+        assert (labels > 0).sum() == sum(int((m > expected).sum()) for m in raw["masks"])
+        record = yaml.safe_load((out / f"{images[0].stem}_record.yaml").read_text())
+        assert record["merge"]["mask_threshold"] == expected
+    rim = sum(int(((m > 0.5) & (m < 0.7)).sum()) for m in raw["masks"])
+    assert rim > 50, "the test image must have faint rims for the thresholds to differ"
 
 
 def test_merge_goes_on_past_a_corrupt_member_file(tmp_path, images):

@@ -20,7 +20,7 @@ def _merge_options(fn):
                      help="Members that must see a nucleus (default: a majority)."),
         click.option("--mask-threshold", type=click.FloatRange(0, 1, max_open=True),
                      help="Threshold of the averaged soft mask (default: vote 0.7, "
-                          "mask-nms 0.5)."),
+                          "mask-nms 0.5; one member without TTA 0.5, as detection)."),
         click.option("--min-area", type=click.IntRange(0), default=50, show_default=True,
                      help="Remove nuclei smaller than this (pixels)."),
         click.option("--geojson/--no-geojson", default=True, show_default=True,
