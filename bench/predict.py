@@ -58,12 +58,14 @@ def run_case(n_members: int, args) -> dict:
         model.name = f"random{k}"
         detectors.append(model)
     build = time.perf_counter() - t0
-    opts = PredictOptions(tta=tta, progress=False)
+    opts = PredictOptions(tta=tta, progress=False,
+                          tile_size=args.tile_size or PredictOptions.tile_size)
     sources = ChannelSources(distance_dir=work)
     # warm-up: the first call traces the graph (once per model and input shape)
     t0 = time.perf_counter()
+    side = min(1000, opts.tile_size)
     for d in detectors:
-        d.detect([np.zeros((1000, 1000, config.IMAGE_CHANNEL_COUNT), np.uint8)])
+        d.detect([np.zeros((side, side, config.IMAGE_CHANNEL_COUNT), np.uint8)])
     warm = time.perf_counter() - t0
     record = predict_image(image, detectors, work / "out", opts, sources)
     timings = record["timings_seconds"]
@@ -85,6 +87,8 @@ def main():
     parser.add_argument("--cases", default="1,4,20", help="member counts to run (1, 4, 20)")
     parser.add_argument("--max-detections", type=int, default=None,
                         help="override DETECTION_MAX_INSTANCES (paper inference: 2000)")
+    parser.add_argument("--tile-size", type=int, default=None,
+                        help="as `nucseg predict --tile-size` (default: predict's)")
     parser.add_argument("--case", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -98,6 +102,8 @@ def main():
                "--backbone", args.backbone]
         if args.max_detections:
             cmd += ["--max-detections", str(args.max_detections)]
+        if args.tile_size:
+            cmd += ["--tile-size", str(args.tile_size)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(f"case {case} failed:\n{out.stderr[-2000:]}")

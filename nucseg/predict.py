@@ -31,6 +31,11 @@ METHOD_DEFAULTS = {"vote": {"iou_threshold": 0.7, "mask_threshold": 0.7},
 # One member has nothing to vote on: its masks are cut where Matterport's detection cuts them
 # (DETECTION_MASK_THRESHOLD), so one model without TTA gives what model.detect gives.
 SINGLE_MEMBER_MASK_THRESHOLD = 0.5
+# A model call keeps a fixed number of proposals (POST_NMS_ROIS_INFERENCE, 2000 in the paper
+# config, which trains on 256 x 256 crops). Over a whole 1000 x 1000 tile that budget is spread
+# 16 times thinner than in training, and dense tissue loses nuclei; 512 px tiles recover most
+# of them (docs/predict.md, "Tile size").
+DEFAULT_TILE_SIZE = 512
 
 
 @dataclass
@@ -45,7 +50,7 @@ class PredictOptions:
     mask_threshold: float | None = None       # None: the method's default (vote 0.7, nms 0.5;
                                               # 0.5 for a single member)
     min_area: int = 50
-    tile_size: int = 1024
+    tile_size: int = DEFAULT_TILE_SIZE
     overlap: int = 128
     batch_size: int = 1
     keep_members: bool = False

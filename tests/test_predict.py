@@ -146,6 +146,19 @@ def test_tile_with_max_detections_is_split_and_rerun():
     assert as_set(found["rois"]) == as_set(BlobDetector().detect([image])[0]["rois"])
 
 
+def test_command_line_defaults_are_the_library_defaults():
+    """`nucseg predict` and scripts calling PredictOptions() must detect the same way (the CLI
+    spells its defaults out so that `--help` stays fast)."""
+    from dataclasses import fields
+
+    command = main.get_command(None, "predict")
+    library = {f.name: f.default for f in fields(PredictOptions)}
+    shared = {p.name: p.default for p in command.params      # options without a default
+              if p.name in library and isinstance(p.default, (bool, int, float, str))}
+    assert {"tile_size", "overlap", "min_area", "batch_size", "seed"} <= set(shared)
+    assert shared == {name: library[name] for name in shared}
+
+
 @pytest.fixture
 def images(tmp_path):
     folder = tmp_path / "in"

@@ -63,7 +63,7 @@ def _predict_options(merge_method, iou_threshold, iou_type, min_members, mask_th
               help="U-Net model directory predicting the distance channel (5-channel models).")
 @click.option("--distance-dir", type=click.Path(file_okay=False),
               help="Read <stem>_dist.tif from here instead of predicting it.")
-@click.option("--tile-size", type=click.IntRange(64), default=1024, show_default=True,
+@click.option("--tile-size", type=click.IntRange(64), default=512, show_default=True,
               help="Images larger than this are cut into overlapping tiles.")
 @click.option("--overlap", type=click.IntRange(0), default=128, show_default=True,
               help="Tile overlap (pixels).")
