@@ -3,10 +3,12 @@
 Trains on the 16 training tiles of the Kumar split (metadata.csv split_hovernet_kumar ==
 "train") with the paper config (5 channels, 256 crops, batch 1, Adam, all layers; no COCO
 weights exist here, so every layer starts from its initialiser) for a wall-clock budget, then
-predicts the 14 held-out tiles and scores them with nucseg.metrics.score_pair. Prints steps/s,
+predicts the 14 held-out tiles as `nucseg predict` does with one model (tiles of `--tile-size`,
+default predict's; then the one-member merge) and scores them with
+nucseg.metrics.score_pair. Prints steps/s,
 a loss-curve summary, step time by positive-ROI count, AJI and PQ, and then ResNet-101 step
 times at 256 x 256 with the paper config (600 and 64 training ROIs), with the fused Adam
-nucseg trains with and with Keras's Adam.
+nucseg trains with, with Keras's Adam, and in mixed bfloat16 (`train --precision`).
 
 The distance channel of the held-out tiles: the paper feeds U-Net estimates at test time.
 `--test-distance gt` uses the ground-truth distance maps (an oracle: an upper bound, labelled
@@ -144,16 +146,31 @@ def tile_input(name, distance):
     return compose_channels(rgb, None, 5, distance=dist), rgb, gt
 
 
-def confident_labels(result, min_score):
-    """The detection's label map without the nuclei scoring below `min_score` (label i + 1 is
-    detection i), i.e. what detecting with DETECTION_MIN_CONFIDENCE = min_score gives."""
+def detect_labels(model, image, tile_size):
+    """One model, no TTA, as `nucseg predict` runs it: tiled, then merged into a label map.
+    Returns the label map and {label: score}."""
+    from nucseg.members import Member
+    from nucseg.merge import merge_members
+    from nucseg.predict import PredictOptions
+    from nucseg.tiling import detect_tiled
+
+    opts = PredictOptions(tile_size=tile_size)
+    found, _ = detect_tiled(model, image, opts.tile_size, opts.overlap,
+                            int(model.config.DETECTION_MAX_INSTANCES))
+    merged = merge_members([Member.from_detection(found, image.shape[:2])], opts.merge,
+                           **opts.merge_kwargs(1))
+    return merged.labels, {i + 1: float(s) for i, s in enumerate(merged.scores)}
+
+
+def confident_labels(labels, scores, min_score):
+    """The label map without the nuclei scoring below `min_score`, i.e. what detecting with
+    DETECTION_MIN_CONFIDENCE = min_score gives."""
     from nucseg.scoring import drop_weak
 
-    scores = {i + 1: float(score) for i, score in enumerate(result["scores"])}
-    return drop_weak(result["labels"], scores, min_score)
+    return drop_weak(labels, scores, min_score)
 
 
-def evaluate(weights, names, distance, thresholds, with_baseline):
+def evaluate(weights, names, distance, thresholds, with_baseline, tile_size):
     """Detect each tile once at the lowest threshold; score it at every threshold.
 
     Returns one dict per tile: {threshold: score_pair(...)}, plus "baseline" (the classical
@@ -170,10 +187,10 @@ def evaluate(weights, names, distance, thresholds, with_baseline):
     for name in names:
         image, rgb, gt = tile_input(name, distance)
         t0 = time.perf_counter()
-        result = model.detect([image])[0]
+        labels, scores = detect_labels(model, image, tile_size)
         row = {"seconds": time.perf_counter() - t0}
         for t in thresholds:
-            row[t] = score_pair(gt, confident_labels(result, t))
+            row[t] = score_pair(gt, confident_labels(labels, scores, t))
         if with_baseline:
             row["baseline"] = score_pair(gt, baseline_labels(rgb))
         rows.append(row)
@@ -189,8 +206,9 @@ def mean_of(rows, key, metric):
 
 
 def r101_step_time(steps, rois):
-    """Step times of ResNet-101 at 256 x 256 with the fused Adam nucseg trains with, and with
-    Keras's Adam, alternating on the same batches (ratios hold on a noisy machine)."""
+    """Step times of ResNet-101 at 256 x 256 with the fused Adam nucseg trains with, with
+    Keras's Adam, and with the fused Adam in mixed bfloat16, alternating on the same batches
+    (ratios hold on a noisy machine)."""
     import keras
 
     from nucseg.data.dataset import Dataset
@@ -205,8 +223,13 @@ def r101_step_time(steps, rois):
     keras.utils.set_random_seed(0)
     model = build_training_model(config)
     set_trainable(model, "all")
+    mixed = build_training_model(config, "mixed_bfloat16")
+    mixed.set_weights(model.get_weights())
+    set_trainable(mixed, "all")
     trainers = {"fused Adam": Trainer(model, config, make_optimizer("adam", 1e-4, config)),
-                "Keras Adam": Trainer(model, config, keras.optimizers.Adam(1e-4))}
+                "Keras Adam": Trainer(model, config, keras.optimizers.Adam(1e-4)),
+                "fused Adam, --precision mixed_bfloat16":
+                    Trainer(mixed, config, make_optimizer("adam", 1e-4, config))}
     loader = TrainingLoader(dataset, config, options=LoaderOptions(seed=0))
     batches = [loader.batch(0, i) for i in range(steps + 1)]
     trace, times = {}, {name: [] for name in trainers}
@@ -242,6 +265,8 @@ def train_and_report(config, dataset, args, run_dir):
 
 
 def main():
+    from nucseg.predict import PredictOptions
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget-minutes", type=float, default=60.0,
                         help="wall-clock training budget (excludes evaluation)")
@@ -255,6 +280,8 @@ def main():
                         help="detection thresholds to score, e.g. 0.5,0.6,0.7 (the model "
                              "detects once at the lowest; with 2 classes every score exceeds "
                              "0.5, so lower values add nothing)")
+    parser.add_argument("--tile-size", type=int, default=PredictOptions.tile_size,
+                        help="detect in tiles of this size, as `nucseg predict --tile-size`")
     parser.add_argument("--tune-tiles", type=int, default=16,
                         help="training tiles on which to choose among --min-scores (0: use "
                              "the highest)")
@@ -291,11 +318,12 @@ def main():
         weights = train_and_report(config, dataset, args, run_dir)
 
     thresholds = sorted(float(v) for v in args.min_scores.split(","))
-    if args.tune_tiles > 0 and len(thresholds) > 1:
+    chosen_on_training = args.tune_tiles > 0 and len(thresholds) > 1
+    if chosen_on_training:
         print(f"choosing the detection threshold on {min(args.tune_tiles, len(train))} "
               f"TRAINING tiles (distance: {args.train_distance})")
         tuned = evaluate(weights, train[:args.tune_tiles], args.train_distance, thresholds,
-                         with_baseline=False)
+                         with_baseline=False, tile_size=args.tile_size)
         # ties (e.g. every threshold <= 0.5 with two classes) go to the highest threshold
         chosen = max(thresholds, key=lambda t: (round(mean_of(tuned, t, "aji"), 9), t))
         print("  training-tile AJI by threshold: " + ", ".join(
@@ -311,9 +339,10 @@ def main():
                                                            f"distance maps from {args.test_distance}")
         print(f"predicting {min(args.eval_tiles, len(test))} held-out tiles ({label})")
         rows = evaluate(weights, test[:args.eval_tiles], args.test_distance, thresholds,
-                        with_baseline=True)
+                        with_baseline=True, tile_size=args.tile_size)
         for t in thresholds:
-            note = " <- chosen on training tiles" if t == chosen else \
+            note = (" <- chosen on training tiles" if chosen_on_training else " <- reported") \
+                if t == chosen else \
                 " (not chosen; picking by these rows would peek at the test tiles)"
             print(f"  min score {t:g}: AJI {mean_of(rows, t, 'aji'):.4f}, "
                   f"PQ {mean_of(rows, t, 'pq'):.4f}, "

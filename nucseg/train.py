@@ -163,6 +163,7 @@ class TrainOptions:
     init: str = "none"                          # none | last | PATH
     exclude: list = field(default_factory=list)
     checkpoint_every: int = 1
+    precision: str = "float32"                  # or mixed_bfloat16 (graph_layer.PRECISIONS)
     progress: bool = True
     augment: dict = field(default_factory=dict)
     loader: dict = field(default_factory=dict)
@@ -223,6 +224,11 @@ def train_run(config, dataset, run_dir, options: TrainOptions, resume: bool = Fa
                               "--resume to continue it or choose a new run directory")
     if dataset is None:
         raise ValueError("no training data given")
+    from nucseg.mrcnn.graph_layer import PRECISIONS
+
+    if options.precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {options.precision!r}; use one of "
+                         f"{', '.join(PRECISIONS)}")
     if dataset.num_classes > config.NUM_CLASSES:
         raise ValueError(f"the data set has {dataset.num_classes - 1} classes but the config "
                          f"NUM_CLASSES is {config.NUM_CLASSES} (background included)")
@@ -249,7 +255,7 @@ def train_run(config, dataset, run_dir, options: TrainOptions, resume: bool = Fa
 
     seed = int(options.loader.get("seed", 0))
     keras.utils.set_random_seed(seed)
-    model = build_training_model(config)
+    model = build_training_model(config, options.precision)
     start_epoch = bounds[todo[0]][0]
     init_info = None
     if resume and last is not None:

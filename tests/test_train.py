@@ -176,8 +176,53 @@ def test_learning_on_one_monuseg_crop(crop_dataset, tmp_path, monkeypatch):
     assert recall >= 0.5, f"recall {recall:.2f}, {len(result['scores'])} detections"
 
 
+def test_mixed_bfloat16_keeps_weights_box_logic_and_losses_in_float32(crop_dataset,
+                                                                      monkeypatch):
+    """--precision mixed_bfloat16: convolutions run in bfloat16; weights, the weightless graph
+    layers (boxes, anchors, sampling, ROI pooling), the mask probabilities and the losses stay
+    float32; one batch's RPN losses agree with float32; models built afterwards are float32."""
+    import keras
+    import tensorflow as tf
+
+    import nucseg.mrcnn.backbone
+    from nucseg.data.dataset import Dataset
+    from nucseg.data.loader import LoaderOptions, TrainingLoader
+    from nucseg.mrcnn.config import Config
+    from nucseg.mrcnn.graph_layer import GraphLayer
+    from nucseg.mrcnn.training import Trainer, build_training_model, compute_losses, \
+        make_optimizer, set_trainable
+
+    monkeypatch.setattr(nucseg.mrcnn.backbone, "build_resnet_backbone", build_tiny_backbone)
+    config = Config.preset("paper", **TINY)
+    dataset = Dataset(crop_dataset / "images", crop_dataset / "labels", channels=5)
+    batch = TrainingLoader(dataset, config, options=LoaderOptions(seed=0)).batch(0, 0)
+    tensors = {k: tf.convert_to_tensor(v) for k, v in batch.items()}
+    reference = build_training_model(config)
+    mixed = build_training_model(config, "mixed_bfloat16")
+    assert keras.config.dtype_policy().name == "float32"          # restored after the build
+    mixed.set_weights(reference.get_weights())
+
+    assert mixed.get_layer("fpn_p2").compute_dtype == "bfloat16"
+    graph_layers = [layer for layer in mixed.layers if isinstance(layer, GraphLayer)]
+    assert {"ROI", "proposal_targets", "anchors"} <= {layer.name for layer in graph_layers}
+    assert all(layer.compute_dtype == "float32" for layer in graph_layers)
+    assert {v.dtype for v in mixed.weights} == {"float32"}
+    outputs = mixed(tensors, training=True)
+    for name in ("rpn_rois", "rois", "target_bbox", "mrcnn_mask"):
+        assert outputs[name].dtype == tf.float32, name
+
+    expected = compute_losses(reference(tensors, training=True), tensors, config)
+    got = compute_losses(outputs, tensors, config)
+    for name in ("rpn_class_loss", "rpn_bbox_loss"):
+        assert float(got[name]) == pytest.approx(float(expected[name]), rel=0.03), name
+    set_trainable(mixed, "all")
+    losses = Trainer(mixed, config, make_optimizer("adam", 1e-4, config)).step(batch)
+    assert all(np.isfinite(v) for v in losses.values()), losses
+    assert {v.dtype for v in mixed.weights} == {"float32"}
+
+
 def test_cli_train_and_resume(tmp_path, monkeypatch):
-    """`nucseg train` end to end (tiny graph); --resume finds nothing left, or trains on with
+    """`nucseg train` end to end (tiny graph, bfloat16); --resume finds nothing left, or trains on with
     longer --epochs; a finished run is not overwritten."""
     import yaml
     from click.testing import CliRunner
@@ -194,13 +239,13 @@ def test_cli_train_and_resume(tmp_path, monkeypatch):
     args = ["train", "--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lab"),
             "-o", str(run), "--config", str(tmp_path / "tiny.yaml"), "--epochs", "0,1,0,0",
             "--steps-per-epoch", "2", "--seed", "1", "--no-progress", "--normalize",
-            "--workers", "1"]
+            "--workers", "1", "--precision", "mixed_bfloat16"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert (run / "mask_rcnn_cli_0001.h5").is_file()
     saved = yaml.safe_load((run / "train.yaml").read_text())
     assert saved["loader"]["normalize"] is True and saved["loader"]["seed"] == 1
-    assert saved["dataset"]["names"] == ["a"]
+    assert saved["dataset"]["names"] == ["a"] and saved["precision"] == "mixed_bfloat16"
     assert yaml.safe_load((run / "run.yaml").read_text())["status"] == "finished"
     with open(run / "losses.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -216,6 +261,7 @@ def test_cli_train_and_resume(tmp_path, monkeypatch):
                                                          "mask_rcnn_cli_0002.h5"]
     saved = yaml.safe_load((run / "train.yaml").read_text())
     assert saved["epochs"] == [0, 2, 0, 0] and saved["loader"]["normalize"] is True
+    assert saved["precision"] == "mixed_bfloat16"
     with open(run / "losses.csv") as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 1, 2, 2]
     ignored = CliRunner().invoke(main, ["train", "-o", str(run), "--resume", "--learning-rate",

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from nucseg.mrcnn.boxes import apply_box_deltas_graph, clip_boxes_graph, norm_boxes_graph
+from nucseg.mrcnn.graph_layer import GraphLayer
 from nucseg.mrcnn.molding import parse_image_meta_graph
 
 
@@ -67,7 +68,7 @@ def refine_detections_graph(rois, probs, deltas, window, bbox_std_dev, max_insta
 
 
 @keras.saving.register_keras_serializable(package="nucseg")
-class DetectionLayer(keras.layers.Layer):
+class DetectionLayer(GraphLayer):
     """Inputs [rois (B, N, 4), mrcnn_class (B, N, C), mrcnn_bbox (B, N, C, 4), image_meta]
     -> detections (B, DETECTION_MAX_INSTANCES, 6)."""
 
@@ -107,7 +108,7 @@ class DetectionLayer(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="nucseg")
-class ActiveDetectionBoxes(keras.layers.Layer):
+class ActiveDetectionBoxes(GraphLayer):
     """Detections (B, D, 6) -> boxes (B, n, 4), n = the largest detection count in the batch
     (at least 1).
 

@@ -14,11 +14,12 @@ import tensorflow as tf
 from keras import layers as KL
 
 from nucseg.mrcnn.backbone import BatchNorm
+from nucseg.mrcnn.graph_layer import GraphLayer
 from nucseg.mrcnn.roi_align import PyramidROIAlign
 
 
 @keras.saving.register_keras_serializable(package="nucseg")
-class FoldROIs(KL.Layer):
+class FoldROIs(GraphLayer):
     """(B, N, d1, ..., dk) -> (B*N, d1, ..., dk); the trailing dims must be static."""
 
     def call(self, inputs):
@@ -31,7 +32,7 @@ class FoldROIs(KL.Layer):
 
 
 @keras.saving.register_keras_serializable(package="nucseg")
-class UnfoldROIs(KL.Layer):
+class UnfoldROIs(GraphLayer):
     """[(B*N, ...), reference (B, N, ...)] -> (B, N, *target_shape)."""
 
     def __init__(self, target_shape=None, **kwargs):
@@ -96,5 +97,7 @@ def fpn_mask_head(rois, feature_maps, image_meta, config, train_bn=None):
         x = BatchNorm(train_bn, name=f"mrcnn_mask_bn{i}")(x)
         x = KL.Activation("relu")(x)
     x = KL.Conv2DTranspose(256, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")(x)
-    x = KL.Conv2D(config.NUM_CLASSES, 1, strides=1, activation="sigmoid", name="mrcnn_mask")(x)
+    # float32 under any policy: the mask loss takes logs of these probabilities
+    x = KL.Conv2D(config.NUM_CLASSES, 1, strides=1, activation="sigmoid", name="mrcnn_mask",
+                  dtype="float32")(x)
     return UnfoldROIs(name="mrcnn_mask_rois")([x, pooled])

@@ -18,6 +18,7 @@ from nucseg.mrcnn.backbone import build_resnet_backbone
 from nucseg.mrcnn.config import Config
 from nucseg.mrcnn.detection import DetectionLayer
 from nucseg.mrcnn.fpn import build_fpn
+from nucseg.mrcnn.graph_layer import GraphLayer
 from nucseg.mrcnn.heads import fpn_classifier_head, fpn_mask_head
 from nucseg.mrcnn.proposals import ProposalLayer
 from nucseg.mrcnn.rpn import apply_rpn
@@ -27,7 +28,7 @@ OUTPUT_NAMES = ("detections", "mrcnn_class", "mrcnn_bbox", "mrcnn_mask", "rpn_ro
 
 
 @keras.saving.register_keras_serializable(package="nucseg")
-class DetectionBoxes(KL.Layer):
+class DetectionBoxes(GraphLayer):
     """Detection rows -> the boxes the mask head needs: every real detection of the batch
     plus one zero (padding) row.
 
@@ -46,7 +47,7 @@ class DetectionBoxes(KL.Layer):
 
 
 @keras.saving.register_keras_serializable(package="nucseg")
-class PadMaskRows(KL.Layer):
+class PadMaskRows(GraphLayer):
     """[masks (B, m, h, w, C), detections (B, D, 6)] -> (B, D, h, w, C), Matterport's shape:
     rows m..D-1 repeat row m-1, the mask of a padding box, which is what the mask head gives
     every padding row."""

@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from nucseg.mrcnn.boxes import apply_box_deltas_graph, clip_boxes_graph
+from nucseg.mrcnn.graph_layer import GraphLayer
 
 
 def propose_one_image(scores, deltas, anchors, proposal_count, nms_threshold, pre_nms_limit):
@@ -30,7 +31,7 @@ def propose_one_image(scores, deltas, anchors, proposal_count, nms_threshold, pr
 
 
 @keras.saving.register_keras_serializable(package="nucseg")
-class ProposalLayer(keras.layers.Layer):
+class ProposalLayer(GraphLayer):
     """Inputs [rpn_class (B, A, 2), rpn_bbox (B, A, 4), anchors (B, A, 4)] -> (B, count, 4).
 
     Works per image with tf.map_fn (no Python loop over the batch). Deltas arrive *before*

@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from nucseg.mrcnn.graph_layer import GraphLayer
 from nucseg.mrcnn.molding import parse_image_meta_graph
 
 
@@ -32,7 +33,7 @@ def roi_levels(boxes, image_shape):
 
 
 @keras.saving.register_keras_serializable(package="nucseg")
-class PyramidROIAlign(keras.layers.Layer):
+class PyramidROIAlign(GraphLayer):
     """Inputs [boxes (B, N, 4), image_meta (B, M), P2, P3, P4, P5] -> (B, N, ph, pw, C).
 
     Boxes of all images are pooled level by level (one crop_and_resize per level) and put back

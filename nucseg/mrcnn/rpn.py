@@ -20,7 +20,7 @@ def build_rpn_model(anchor_stride: int, anchors_per_location: int, depth: int) -
     x = KL.Conv2D(2 * anchors_per_location, 1, padding="valid", activation="linear",
                   name="rpn_class_raw")(shared)
     logits = KL.Reshape((-1, 2))(x)
-    probs = KL.Activation("softmax", name="rpn_class_xxx")(logits)
+    probs = KL.Activation("softmax", name="rpn_class_xxx", dtype="float32")(logits)
     x = KL.Conv2D(4 * anchors_per_location, 1, padding="valid", activation="linear",
                   name="rpn_bbox_pred")(shared)
     deltas = KL.Reshape((-1, 4))(x)

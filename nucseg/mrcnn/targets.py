@@ -181,8 +181,8 @@ def detection_targets_graph(proposals, gt_class_ids, gt_boxes, gt_masks, *, rois
 
 
 def _layer_base():
-    import keras
-    return keras.layers.Layer
+    from nucseg.mrcnn.graph_layer import GraphLayer
+    return GraphLayer
 
 
 class DetectionTargetLayer(_layer_base()):

@@ -21,6 +21,7 @@ from keras import layers as KL
 
 from nucseg.mrcnn import backbone as _backbone
 from nucseg.mrcnn.fpn import build_fpn
+from nucseg.mrcnn.graph_layer import GraphLayer, dtype_policy
 from nucseg.mrcnn.heads import fpn_classifier_head, fpn_mask_head
 from nucseg.mrcnn.losses import (LOSS_NAMES, l2_weight_decay, mrcnn_bbox_loss, mrcnn_class_loss,
                                  mrcnn_mask_loss, rpn_bbox_loss, rpn_class_loss)
@@ -42,7 +43,7 @@ LAYER_PRESETS = {
 }
 
 
-class ConstantAnchors(KL.Layer):
+class ConstantAnchors(GraphLayer):
     """Normalised anchors for the training image shape, tiled over the batch (no weights)."""
 
     def __init__(self, anchors, name="anchors", **kwargs):
@@ -57,7 +58,7 @@ class ConstantAnchors(KL.Layer):
         return (input_shape[0],) + self._anchors.shape
 
 
-class NormGTBoxes(KL.Layer):
+class NormGTBoxes(GraphLayer):
     """Pixel GT boxes -> normalised (y1, x1, y2 - 1, x2 - 1) / (H - 1, W - 1, ...)."""
 
     def __init__(self, image_shape, name="norm_gt_boxes", **kwargs):
@@ -74,7 +75,7 @@ class NormGTBoxes(KL.Layer):
         return input_shape
 
 
-class LeadingROIs(KL.Layer):
+class LeadingROIs(GraphLayer):
     """The first n ROIs of every image, n = the largest positive count in the batch (>= 1)."""
 
     def call(self, inputs):
@@ -86,13 +87,21 @@ class LeadingROIs(KL.Layer):
         return (input_shapes[0][0], None, 4)
 
 
-def build_training_model(config) -> keras.Model:
+def build_training_model(config, precision: str = "float32") -> keras.Model:
     """Matterport's training graph (without loss layers) as a functional Keras model.
 
     Inputs, in BATCH_KEYS order of nucseg.data.loader: input_image, input_image_meta,
     input_rpn_match, input_rpn_bbox, input_gt_class_ids, input_gt_boxes (pixels),
     input_gt_masks. Outputs: a dict of the tensors the losses need.
+
+    precision 'mixed_bfloat16' runs the convolutions and dense layers in bfloat16 with float32
+    weights; graph logic, the output probabilities and the losses stay float32.
     """
+    with dtype_policy(precision):
+        return _build_training_model(config)
+
+
+def _build_training_model(config) -> keras.Model:
     from nucseg.mrcnn.anchors import get_anchors
 
     h, w, c = (int(v) for v in config.IMAGE_SHAPE)
@@ -177,7 +186,10 @@ def set_trainable(model, layers: str) -> list[str]:
 # losses and the step
 # ---------------------------------------------------------------------------------------------
 def compute_losses(outputs, batch, config) -> dict:
-    """The five weighted losses as scalars, keyed by Matterport's names."""
+    """The five weighted losses as scalars, keyed by Matterport's names (in float32, also
+    when the model computes in bfloat16)."""
+    outputs = {k: tf.cast(v, tf.float32) if v.dtype.is_floating else v
+               for k, v in outputs.items()}
     n_mask = tf.shape(outputs["mrcnn_mask"])[1]
     values = {
         "rpn_class_loss": rpn_class_loss(batch["input_rpn_match"], outputs["rpn_class_logits"]),
