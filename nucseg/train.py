@@ -224,11 +224,9 @@ def train_run(config, dataset, run_dir, options: TrainOptions, resume: bool = Fa
                               "--resume to continue it or choose a new run directory")
     if dataset is None:
         raise ValueError("no training data given")
-    from nucseg.mrcnn.graph_layer import PRECISIONS
+    from nucseg.mrcnn.graph_layer import check_precision
 
-    if options.precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {options.precision!r}; use one of "
-                         f"{', '.join(PRECISIONS)}")
+    check_precision(options.precision)          # before anything is written
     if dataset.num_classes > config.NUM_CLASSES:
         raise ValueError(f"the data set has {dataset.num_classes - 1} classes but the config "
                          f"NUM_CLASSES is {config.NUM_CLASSES} (background included)")

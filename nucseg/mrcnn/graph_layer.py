@@ -22,12 +22,17 @@ class GraphLayer(keras.layers.Layer):
         super().__init__(**kwargs)
 
 
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    return precision
+
+
 @contextlib.contextmanager
 def dtype_policy(precision: str):
     """Build layers under `precision` ('float32' or 'mixed_bfloat16'), then restore the
     global policy, so that models built later (e.g. for inference) are unaffected."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
     try:

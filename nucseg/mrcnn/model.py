@@ -11,7 +11,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers as KL
 
 from nucseg.mrcnn.anchors import get_anchors
 from nucseg.mrcnn.backbone import build_resnet_backbone

@@ -9,6 +9,7 @@ import numpy as np
 
 from nucseg.mrcnn.boxes import (box_refinement, box_refinement_graph, compute_overlaps,
                                 overlaps_graph)
+from nucseg.mrcnn.graph_layer import GraphLayer
 
 RPN_POSITIVE_IOU = 0.7
 RPN_NEGATIVE_IOU = 0.3
@@ -180,12 +181,7 @@ def detection_targets_graph(proposals, gt_class_ids, gt_boxes, gt_masks, *, rois
     return rois, class_ids, deltas, masks
 
 
-def _layer_base():
-    from nucseg.mrcnn.graph_layer import GraphLayer
-    return GraphLayer
-
-
-class DetectionTargetLayer(_layer_base()):
+class DetectionTargetLayer(GraphLayer):
     """Keras layer "proposal_targets": per image ROI sampling and targets (no weights).
 
     Inputs: [proposals [B, P, 4], gt_class_ids [B, G], gt_boxes [B, G, 4] normalised,

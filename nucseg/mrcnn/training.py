@@ -17,7 +17,6 @@ import re
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers as KL
 
 from nucseg.mrcnn import backbone as _backbone
 from nucseg.mrcnn.fpn import build_fpn
