@@ -4,11 +4,10 @@ Trains on the 16 training tiles of the Kumar split (metadata.csv split_hovernet_
 "train") with the paper config (5 channels, 256 crops, batch 1, Adam, all layers; no COCO
 weights exist here, so every layer starts from its initialiser) for a wall-clock budget, then
 predicts the 14 held-out tiles as `nucseg predict` does with one model (tiles of `--tile-size`,
-default predict's; then the one-member merge) and scores them with
-nucseg.metrics.score_pair. Prints steps/s,
-a loss-curve summary, step time by positive-ROI count, AJI and PQ, and then ResNet-101 step
-times at 256 x 256 with the paper config (600 and 64 training ROIs), with the fused Adam
-nucseg trains with, with Keras's Adam, and in mixed bfloat16 (`train --precision`).
+default predict's; then the one-member merge) and scores them with nucseg.metrics.score_pair.
+Prints steps/s, a loss-curve summary, step time by positive-ROI count, AJI and PQ, and then
+ResNet-101 step times at 256 x 256 with the paper config (600 and 64 training ROIs), with the
+fused Adam nucseg trains with, with Keras's Adam, and in mixed bfloat16 (`train --precision`).
 
 The distance channel of the held-out tiles: the paper feeds U-Net estimates at test time.
 `--test-distance gt` uses the ground-truth distance maps (an oracle: an upper bound, labelled
