@@ -1,9 +1,14 @@
 """The detector's input image: RGB, or the 5-channel Mask R-CNN+ stack [R, G, B, distance, H].
 
-Extra channels are made on the fly when not given as files, and normalised as in training:
-each map is scaled per image so its maximum becomes 255 and cast to uint8 (MEAN_PIXEL is
-subtracted later, inside the model's molding). The scaling uses the whole input image, also when
-the image is later cut into tiles, so a nucleus gets the same input whichever tile sees it.
+Extra channels are made on the fly when not given as files, and scaled to uint8 exactly as in
+training (MEAN_PIXEL is subtracted later, inside the model's molding), by the model's
+CHANNEL_SCALING:
+- "per_image" (the paper): each map's own maximum becomes 255. The input a nucleus gets then
+  depends on the image it was cut from, so it is computed on the whole input image, also when
+  the image is later cut into tiles;
+- "fixed": a constant per channel (CHANNEL_SCALE_DISTANCE px and CHANNEL_SCALE_HSTAIN optical
+  density become 255, values above are clipped). The same nucleus gets the same input in any
+  tile, block or slide.
 """
 from __future__ import annotations
 
@@ -17,6 +22,74 @@ from nucseg.io import InputError, read_float_map
 HSTAIN_SUFFIXES = ("_hstain.tif", "_hstain.tiff", "_hstain.npy", ".tif", ".tiff", ".npy")
 DISTANCE_SUFFIXES = ("_dist.tif", "_dist.tiff", "_dist.npy", "_unet.npy", ".tif", ".tiff",
                      ".npy")
+
+
+SCALINGS = ("per_image", "fixed")
+
+
+@dataclass(frozen=True)
+class ChannelScaling:
+    """How the float distance and hematoxylin maps become the model's uint8 channels.
+
+    The fixed defaults are the medians, over the 30 MoNuSeg 2018 training tiles, of each tile's
+    own maximum (ground-truth distance 18.4 px, hematoxylin OD 0.304), so a fixed-scale input
+    looks like the paper's per-image one on a typical tile.
+    """
+
+    mode: str = "per_image"
+    distance_px: float = 18.0
+    hstain_od: float = 0.30
+
+    def __post_init__(self):
+        if self.mode not in SCALINGS:
+            raise ValueError(f"channel scaling must be one of {', '.join(SCALINGS)}, "
+                             f"got {self.mode!r}")
+        for name in ("distance_px", "hstain_od"):
+            value = float(getattr(self, name))
+            if not np.isfinite(value) or value <= 0:
+                raise ValueError(f"channel scaling {name} must be a positive number, got {value}")
+
+    @classmethod
+    def from_config(cls, config) -> "ChannelScaling":
+        """The scaling a model was trained with (configs without the keys: per image)."""
+        return cls(str(getattr(config, "CHANNEL_SCALING", "per_image")),
+                   float(getattr(config, "CHANNEL_SCALE_DISTANCE", cls.distance_px)),
+                   float(getattr(config, "CHANNEL_SCALE_HSTAIN", cls.hstain_od)))
+
+    @classmethod
+    def parse(cls, value) -> "ChannelScaling":
+        """From a mode name, a dict (as kept in train.yaml) or a ChannelScaling."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            return cls(**value)
+        return cls(str(value or "per_image"))
+
+    def config_overrides(self) -> dict:
+        return {"CHANNEL_SCALING": self.mode, "CHANNEL_SCALE_DISTANCE": float(self.distance_px),
+                "CHANNEL_SCALE_HSTAIN": float(self.hstain_od)}
+
+    def as_dict(self) -> dict:
+        return {"mode": self.mode, "distance_px": float(self.distance_px),
+                "hstain_od": float(self.hstain_od)}
+
+    def _scale(self, data: np.ndarray, full_scale: float) -> np.ndarray:
+        from nucseg.distance import scale_to_uint8_range
+
+        if self.mode == "per_image":
+            return scale_to_uint8_range(data)
+        data = np.asarray(data, dtype=np.float64)
+        return np.clip(data / full_scale * 255.0, 0, 255).astype(np.uint8)
+
+    def distance(self, dist: np.ndarray) -> np.ndarray:
+        return self._scale(dist, self.distance_px)
+
+    def hstain(self, h: np.ndarray) -> np.ndarray:
+        return self._scale(h, self.hstain_od)
+
+    def stack(self, rgb: np.ndarray, dist: np.ndarray, h: np.ndarray) -> np.ndarray:
+        """[R, G, B, distance, H] uint8."""
+        return np.dstack([rgb, self.distance(dist), self.hstain(h)])
 
 
 @dataclass
@@ -73,7 +146,8 @@ def distance_map(rgb: np.ndarray, stem: str, sources: ChannelSources,
 
 
 def model_input(rgb: np.ndarray, channel_count: int, stem: str = "",
-                sources: ChannelSources | None = None) -> tuple[np.ndarray, dict]:
+                sources: ChannelSources | None = None,
+                scaling: ChannelScaling | None = None) -> tuple[np.ndarray, dict]:
     """(HxWxC uint8 detector input, {"hstain": float map or None}) for an RGB uint8 image."""
     sources = sources or ChannelSources()
     if channel_count == 3:
@@ -81,11 +155,6 @@ def model_input(rgb: np.ndarray, channel_count: int, stem: str = "",
     if channel_count != 5:
         raise ValueError(f"unsupported IMAGE_CHANNEL_COUNT {channel_count}: nucseg models take "
                          "3 (RGB) or 5 (RGB, distance, hematoxylin) channels")
-    from nucseg.distance import distance_model_channel
-    from nucseg.stain import hematoxylin_model_channel
-
     hstain = hematoxylin_map(rgb, stem, sources)
     dist = distance_map(rgb, stem, sources, hstain)
-    stack = np.concatenate([rgb, distance_model_channel(dist)[..., None],
-                            hematoxylin_model_channel(hstain)[..., None]], axis=-1)
-    return stack, {"hstain": hstain}
+    return (scaling or ChannelScaling()).stack(rgb, dist, hstain), {"hstain": hstain}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nucseg.channels import ChannelSources, model_input
+from nucseg.channels import ChannelScaling, ChannelSources, model_input
 from nucseg.export import write_geojson, write_nuclei_csv, write_overlay
 from nucseg.io import (InputError, make_record, read_rgb, run_batch, write_labels,
                        write_record)
@@ -107,14 +107,16 @@ def image_members(detectors, rgb: np.ndarray, stem: str, opts: PredictOptions,
                disable=not opts.progress or total < 2)
     for k, detector in enumerate(detectors):
         channels = int(detector.config.IMAGE_CHANNEL_COUNT)
-        if channels not in inputs:
+        scaling = ChannelScaling.from_config(detector.config)
+        key = (channels, scaling)
+        if key not in inputs:
             t0 = time.perf_counter()
-            inputs[channels] = model_input(rgb, channels, stem, sources)[0]
+            inputs[key] = model_input(rgb, channels, stem, sources, scaling)[0]
             timings["channels"] = timings.get("channels", 0.0) + time.perf_counter() - t0
         for view in views:
             t0 = time.perf_counter()
             found, info = detect_tiled(
-                detector, view.apply(inputs[channels]), opts.tile_size, opts.overlap,
+                detector, view.apply(inputs[key]), opts.tile_size, opts.overlap,
                 int(getattr(detector.config, "DETECTION_MAX_INSTANCES", 0) or 0),
                 opts.batch_size)
             seen = Member.from_detection(found, rgb.shape[:2], detector_name(detector, k),

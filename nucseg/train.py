@@ -452,7 +452,7 @@ def train_command(run_dir, images=None, labels=None, hstain=None, distance=None,
         raise ValueError("--images and --labels are required (except with --resume)")
     dataset = Dataset(images, labels, hstain_dir=hstain, distance_dir=distance, classes=classes,
                       channels=5, **(dataset_options or {}))
-    overrides = {}
+    overrides = dict(dataset.scaling.config_overrides())
     if backbone:
         overrides["BACKBONE"] = backbone
     if name:

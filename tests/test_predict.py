@@ -277,6 +277,34 @@ def test_five_channel_input_order_and_scaling(tmp_path):
         model_input(rgb, 5, "other", ChannelSources(distance_dir=tmp_path))
 
 
+def test_fixed_channel_scaling_gives_a_nucleus_the_same_input_in_any_tile(tmp_path):
+    """Per-image scaling depends on the tile a nucleus is cut from; fixed scaling must not
+    (slides run in blocks), and training (compose_channels) must scale as predict does."""
+    from nucseg.channels import ChannelScaling
+    from nucseg.data.dataset import compose_channels
+    from nucseg.mrcnn import Config
+    from nucseg.stain import hematoxylin
+
+    rgb = blob_image((60, 80), 2, seed=3)
+    dist = np.zeros((60, 80), np.float32)
+    dist[10:20, 10:20] = 4.0
+    dist[40:50, 60:70] = 30.0                      # a big nucleus in one half of the image
+    write_float_map(tmp_path / "img_dist.tif", dist)
+    config = Config.preset("paper").copy(**ChannelScaling("fixed").config_overrides())
+    fixed = ChannelScaling.from_config(config)
+    whole, _ = model_input(rgb, 5, "img", ChannelSources(distance_dir=tmp_path), fixed)
+    assert whole[15, 15, 3] == int(4.0 / 18.0 * 255) and whole[45, 65, 3] == 255   # clipped
+    h = hematoxylin(rgb)
+    part = fixed.stack(rgb[:30, :40], dist[:30, :40], h[:30, :40])
+    np.testing.assert_array_equal(part, whole[:30, :40])            # tile-independent
+    per_image = ChannelScaling().stack(rgb[:30, :40], dist[:30, :40], h[:30, :40])
+    assert per_image[15, 15, 3] == 255 != whole[15, 15, 3]          # what it replaces
+    np.testing.assert_array_equal(
+        compose_channels(rgb, None, 5, distance=dist, scaling=fixed), whole)
+    with pytest.raises(ValueError, match="CHANNEL_SCALING|channel scaling"):
+        Config.preset("paper").copy(CHANNEL_SCALING="max")
+
+
 def test_command_line_end_to_end_on_a_tiny_random_model(tmp_path, images):
     """ResNet-50 Mask R-CNN+ (5 channels) with random weights: predict with TTA, a bad image in
     the batch, members kept; merge them later; --resume then loads no model."""

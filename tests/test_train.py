@@ -239,13 +239,15 @@ def test_cli_train_and_resume(tmp_path, monkeypatch):
     args = ["train", "--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lab"),
             "-o", str(run), "--config", str(tmp_path / "tiny.yaml"), "--epochs", "0,1,0,0",
             "--steps-per-epoch", "2", "--seed", "1", "--no-progress", "--normalize",
-            "--workers", "1", "--precision", "mixed_bfloat16"]
+            "--workers", "1", "--precision", "mixed_bfloat16", "--channel-scaling", "fixed"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert (run / "mask_rcnn_cli_0001.h5").is_file()
     saved = yaml.safe_load((run / "train.yaml").read_text())
     assert saved["loader"]["normalize"] is True and saved["loader"]["seed"] == 1
     assert saved["dataset"]["names"] == ["a"] and saved["precision"] == "mixed_bfloat16"
+    assert saved["dataset"]["channel_scaling"]["mode"] == "fixed"
+    assert yaml.safe_load((run / "config.yaml").read_text())["CHANNEL_SCALING"] == "fixed"
     assert yaml.safe_load((run / "run.yaml").read_text())["status"] == "finished"
     with open(run / "losses.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -262,6 +264,7 @@ def test_cli_train_and_resume(tmp_path, monkeypatch):
     saved = yaml.safe_load((run / "train.yaml").read_text())
     assert saved["epochs"] == [0, 2, 0, 0] and saved["loader"]["normalize"] is True
     assert saved["precision"] == "mixed_bfloat16"
+    assert saved["dataset"]["channel_scaling"]["mode"] == "fixed"      # kept by --resume
     with open(run / "losses.csv") as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 1, 2, 2]
     ignored = CliRunner().invoke(main, ["train", "-o", str(run), "--resume", "--learning-rate",

@@ -54,6 +54,12 @@ from nucseg.cli.common import friendly_errors, main
               help="Give each connected component of an instance its own id.")
 @click.option("--normalize", is_flag=True,
               help="Per-image zero-mean unit-variance instead of MEAN_PIXEL subtraction.")
+@click.option("--channel-scaling", type=click.Choice(["per_image", "fixed"]),
+              default="per_image", show_default=True,
+              help="How the distance and hematoxylin maps become 0-255 channels: per_image "
+                   "(the paper: each map's maximum -> 255) or fixed (18 px and OD 0.30 -> 255, "
+                   "recorded in config.yaml; the same nucleus gets the same input in any tile "
+                   "or slide block).")
 @click.option("--crop-size", type=click.IntRange(64), help="Random crop side (default: "
                                                             "IMAGE_MIN_DIM, 256 paper).")
 @click.option("--no-flips", is_flag=True, help="No random flips.")
@@ -75,8 +81,8 @@ from nucseg.cli.common import friendly_errors, main
 @friendly_errors
 def train(run_dir, images, labels, hstain, distance, classes, config_spec, backbone, name,
           schedule, stage, epochs, steps_per_epoch, learning_rate, layers, optimizer, init,
-          exclude, resume, folds, metadata, fill_holes, split_components, normalize, crop_size,
-          no_flips, no_rotate, no_brightness, blur, checkpoint_every, precision, workers, seed,
+          exclude, resume, folds, metadata, fill_holes, split_components, normalize,
+          channel_scaling, crop_size, no_flips, no_rotate, no_brightness, blur, checkpoint_every, precision, workers, seed,
           no_progress):
     """Train Mask R-CNN+ with the paper's staged schedule (or Matterport's).
 
@@ -118,7 +124,8 @@ def train(run_dir, images, labels, hstain, distance, classes, config_spec, backb
     try:
         results = train_command(run_dir, images, labels, hstain, distance, classes, config_spec,
                                 backbone, name, folds, metadata, resume, seed, options,
-                                {"fill_holes": fill_holes, "split_components": split_components},
+                                {"fill_holes": fill_holes, "split_components": split_components,
+                                 "channel_scaling": channel_scaling},
                                 log=lambda msg: click.echo(msg, err=True), extend=extend)
     except KeyboardInterrupt:
         click.echo("interrupted: the last complete checkpoint is kept; continue with --resume",

@@ -73,8 +73,10 @@ def split_components(labels: np.ndarray, classes: dict | None = None) -> tuple[n
 
 def compose_channels(rgb: np.ndarray, labels: np.ndarray | None, channels: int,
                      hstain: np.ndarray | None = None,
-                     distance: np.ndarray | None = None) -> np.ndarray:
-    """The uint8 model input: RGB, or RGB + distance + hematoxylin each scaled to 0-255 per image.
+                     distance: np.ndarray | None = None, scaling=None) -> np.ndarray:
+    """The uint8 model input: RGB, or RGB + distance + hematoxylin scaled to 0-255 by
+    `scaling` (a nucseg.channels.ChannelScaling; default per image, the paper's), the same
+    scaling `nucseg predict` applies.
 
     Missing maps are computed: hematoxylin from the RGB, the distance map from `labels`.
     """
@@ -82,8 +84,9 @@ def compose_channels(rgb: np.ndarray, labels: np.ndarray | None, channels: int,
         return np.ascontiguousarray(rgb)
     if channels != 5:
         raise ValueError(f"IMAGE_CHANNEL_COUNT must be 3 or 5, got {channels}")
-    from nucseg.distance import distance_model_channel, label_distance_map
-    from nucseg.stain import hematoxylin, hematoxylin_model_channel
+    from nucseg.channels import ChannelScaling
+    from nucseg.distance import label_distance_map
+    from nucseg.stain import hematoxylin
 
     if distance is None:
         if labels is None:
@@ -91,7 +94,7 @@ def compose_channels(rgb: np.ndarray, labels: np.ndarray | None, channels: int,
         distance = label_distance_map(labels)
     if hstain is None:
         hstain = hematoxylin(rgb)
-    return np.dstack([rgb, distance_model_channel(distance), hematoxylin_model_channel(hstain)])
+    return ChannelScaling.parse(scaling).stack(rgb, distance, hstain)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +141,11 @@ class Dataset:
 
     def __init__(self, images_dir, labels_dir, hstain_dir=None, distance_dir=None,
                  channels: int = 5, classes=None, fill_holes: bool = False,
-                 split_components: bool = False, names=None, cache: bool = True):
+                 split_components: bool = False, names=None, cache: bool = True,
+                 channel_scaling="per_image"):
+        from nucseg.channels import ChannelScaling
+
+        self.scaling = ChannelScaling.parse(channel_scaling)
         self.images_dir, self.labels_dir = Path(images_dir), Path(labels_dir)
         for d in (self.images_dir, self.labels_dir):
             if not d.is_dir():
@@ -183,7 +190,8 @@ class Dataset:
         """Everything needed to rebuild this data set (kept in a run's train.yaml)."""
         return {**{k: None if v is None else str(Path(v).resolve())
                    for k, v in self._source.items()},
-                "channels": self.channels, "names": list(self.names), **self.options}
+                "channels": self.channels, "names": list(self.names),
+                "channel_scaling": self.scaling.as_dict(), **self.options}
 
     @classmethod
     def from_description(cls, description: dict) -> "Dataset":
@@ -192,7 +200,8 @@ class Dataset:
     def subset(self, names) -> "Dataset":
         """The same data set restricted to the given stems (folds)."""
         return Dataset(**self._source, channels=self.channels, names=list(names),
-                       cache=self._cache is not None, **self.options)
+                       cache=self._cache is not None, channel_scaling=self.scaling,
+                       **self.options)
 
     def check(self, progress: bool = False) -> None:
         """Read every sample once (filling the cache), so a bad file stops training before it
@@ -247,7 +256,7 @@ class Dataset:
             hstain = self._map(self.hstain[name], rgb.shape[:2])
         if name in self.distance:
             distance = self._map(self.distance[name], rgb.shape[:2])
-        image = compose_channels(rgb, labels, self.channels, hstain, distance)
+        image = compose_channels(rgb, labels, self.channels, hstain, distance, self.scaling)
         return Sample(name, image, labels, classes)
 
     @staticmethod

@@ -101,6 +101,12 @@ class Config:
     # nucseg extra: "mean_pixel" (Matterport: image - MEAN_PIXEL) or "per_image" (each
     # channel standardised to zero mean, unit variance over the image; MEAN_PIXEL unused).
     IMAGE_NORMALIZATION = "mean_pixel"
+    # nucseg extra: how the distance and hematoxylin maps of a 5-channel model become uint8
+    # (nucseg.channels.ChannelScaling): "per_image" (the paper: each map's maximum -> 255) or
+    # "fixed" (CHANNEL_SCALE_DISTANCE px and CHANNEL_SCALE_HSTAIN optical density -> 255).
+    CHANNEL_SCALING = "per_image"
+    CHANNEL_SCALE_DISTANCE = 18.0
+    CHANNEL_SCALE_HSTAIN = 0.30
     LEARNING_RATE = 0.001
     LEARNING_MOMENTUM = 0.9
     WEIGHT_DECAY = 0.0001
@@ -193,6 +199,12 @@ class Config:
         if self.IMAGE_NORMALIZATION not in NORMALIZATIONS:
             fail(f"IMAGE_NORMALIZATION must be one of {', '.join(NORMALIZATIONS)}, "
                  f"got {self.IMAGE_NORMALIZATION!r}")
+        try:
+            from nucseg.channels import ChannelScaling
+
+            ChannelScaling.from_config(self)
+        except (TypeError, ValueError) as exc:
+            fail(str(exc))
         if self.BACKBONE not in BACKBONES:
             fail(f"BACKBONE must be one of {', '.join(BACKBONES)}, got {self.BACKBONE!r}")
         if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
