@@ -14,6 +14,8 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["nucseg", "nucseg.*"]),
+    # shipped models: nucseg/models/<name>/ (model.yaml, config.yaml, weights, U-Net, MODEL.md)
+    package_data={"nucseg.models": ["*/*.yaml", "*/*.h5", "*/*.md", "*/unet/*"]},
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3.0",

@@ -67,6 +67,18 @@ def resolve_model(path) -> ModelSpec:
     return ModelSpec(path, config)
 
 
+def resolve_model_or_name(arg) -> tuple[ModelSpec, object]:
+    """(spec, ShippedModel or None) for `-m ARG`: an existing path, else a shipped model's
+    name (its files verified against their sha256 first)."""
+    path = Path(arg)
+    if path.exists() or path.suffix.lower() == ".h5" or len(path.parts) > 1:
+        return resolve_model(path), None
+    from nucseg.models import find, verify
+
+    model = verify(find(str(arg)))
+    return ModelSpec(model.weights, model.config), model
+
+
 def ensemble_models(run_dir) -> list[ModelSpec]:
     """Every fold model of an ensemble run: one per sub-directory holding checkpoints."""
     run_dir = Path(run_dir)

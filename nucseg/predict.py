@@ -330,16 +330,25 @@ def predict_from_paths(images, model_paths, ensemble, outdir, opts: PredictOptio
     """`nucseg predict`: resolve models, skip finished images (--resume) before loading any
     model, load the models, predict. Returns (failures, number of images)."""
     from nucseg.io import expand_inputs, sha256
-    from nucseg.model_files import ensemble_models, load_model, resolve_model
+    from nucseg.model_files import ensemble_models, load_model, resolve_model_or_name
 
     paths = expand_inputs(images)
     if not paths:
         raise ValueError("no input images")
-    specs = [resolve_model(p) for p in model_paths]
+    if not model_paths and not ensemble:
+        from nucseg.models import DEFAULT_MODEL
+
+        model_paths = [DEFAULT_MODEL]
+    resolved = [resolve_model_or_name(p) for p in model_paths]
+    specs = [spec for spec, _ in resolved]
+    shipped = [model for _, model in resolved if model is not None]
     if ensemble:
         specs += ensemble_models(ensemble)
-    if not specs:
-        raise ValueError("no model: give -m MODEL or --ensemble RUN_DIR")
+    if len(specs) == 1 and shipped:     # one shipped model: its tuned settings are the defaults
+        opts, config_overrides = shipped_defaults(shipped[0], opts, config_overrides)
+    if distance_model is None and sources.distance_dir is None and shipped \
+            and shipped[0].unet_dir is not None:
+        distance_model = shipped[0].unet_dir
     if opts.resume:
         todo = [p for p in paths if not is_complete(outdir, p.stem, opts)]
         if not todo:
@@ -356,9 +365,33 @@ def predict_from_paths(images, model_paths, ensemble, outdir, opts: PredictOptio
             raise ValueError(f"model {detector.name} takes 5 channels (RGB, distance, "
                              "hematoxylin): give --distance-model DIR or --distance-dir DIR")
     models = [{"name": s.name, "weights": str(s.weights), "weights_sha256": sha256(s.weights),
-               "config": str(s.config)} for s in specs]
+               "config": str(s.config),
+               "min_confidence": float(d.config.DETECTION_MIN_CONFIDENCE),
+               "channel_scaling": ChannelScaling.from_config(d.config).mode}
+              for s, d in zip(specs, detectors)]
+    if shipped:
+        models[0]["shipped_model"] = shipped[0].name
+    for entry, detector in zip(models, detectors):
+        if detector.config.IMAGE_CHANNEL_COUNT == 5 and sources.distance_model is not None:
+            entry["distance_model"] = str(sources.distance_model.model_dir)
     failures, _ = predict_images(paths, detectors, outdir, opts, sources, models, log)
     return failures, len(paths)
+
+
+def shipped_defaults(model, opts: PredictOptions, config_overrides: dict | None):
+    """Fill the settings the user left unset with a shipped model's tuned thresholds."""
+    from dataclasses import replace
+
+    thresholds = model.thresholds
+    overrides = dict(config_overrides or {})
+    if overrides.get("DETECTION_MIN_CONFIDENCE") is None and "min_confidence" in thresholds:
+        overrides["DETECTION_MIN_CONFIDENCE"] = float(thresholds["min_confidence"])
+    changes = {}
+    if opts.tta:
+        for key in ("min_members", "mask_threshold"):
+            if getattr(opts, key) is None and key in thresholds:
+                changes[key] = thresholds[key]
+    return (replace(opts, **changes) if changes else opts), overrides
 
 
 def merge_from_paths(member_paths, outdir, opts: PredictOptions, image_dir=None,

@@ -50,8 +50,10 @@ def _predict_options(merge_method, iou_threshold, iou_type, min_members, mask_th
 @main.command("predict")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("-m", "--model", "models", multiple=True, type=click.Path(),
-              help="A Matterport .h5 with its config YAML beside it, or a run directory "
-                   "(newest checkpoint). Repeat for an ensemble.")
+              help="A shipped model's name (`nucseg models list`; default: the default "
+                   "shipped model, with its U-Net and tuned thresholds), a Matterport .h5 with "
+                   "its config YAML beside it, or a run directory (newest checkpoint). Repeat "
+                   "for an ensemble.")
 @click.option("--ensemble", type=click.Path(file_okay=False),
               help="An organ-fold run directory: every fold sub-directory's model.")
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
@@ -87,8 +89,13 @@ def predict(images, models, ensemble, outdir, tta, distance_model, distance_dir,
     Per image: <stem>_labels.tif, <stem>.geojson (QuPath), <stem>_nuclei.csv,
     optionally <stem>_overlay.png, and <stem>_record.yaml.
 
+    Without -m or --ensemble the default shipped model runs, with its own U-Net for the
+    distance channel and the thresholds chosen for it on training data (options typed here
+    override them).
+
     \b
     Example:
+      nucseg predict tiles/ -o pred/                      # the shipped model
       nucseg predict tiles/ -m runs/paper/ -o pred/
       nucseg predict tiles/ --ensemble runs/folds/ --tta --distance-model unet/ -o pred/
       nucseg predict big.tif -m model.h5 --keep-members --overlay -o pred/

@@ -281,7 +281,12 @@ def load_weights(keras_model, path, by_name: bool = True, exclude: Iterable[str]
         for model_layer, file_layer, order in pairs:
             arrays = read_group_arrays(path, root, file_layer)
             for (_, variable), i in zip(variables[model_layer], order):
-                assignments.append((variable, arrays[i][1].astype(variable.dtype, copy=False)))
+                name, value = arrays[i]
+                if value.dtype.kind == "f" and not np.isfinite(value).all():
+                    raise InputError(path, f"weight '{file_layer}/{name}' holds NaN or infinite "
+                                           "values (a corrupted or diverged file); nothing "
+                                           "was loaded")
+                assignments.append((variable, value.astype(variable.dtype, copy=False)))
     for variable, value in assignments:
         variable.assign(value)
     return report
