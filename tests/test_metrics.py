@@ -10,16 +10,31 @@ from nucseg import metrics
 from nucseg.metrics import METRIC_NAMES, aji, aji_plus, dice, dice2, pq, remap_label, score_pair
 
 FIXTURE_METRICS = ("aji", "aji_plus", "dq", "sq", "pq", "dice", "dice2")
-EXPECTED_JSON = Path(__file__).resolve().parents[1].parent / "shared/fixtures/metrics/expected.json"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "metrics"
+EXPECTED_JSON = FIXTURES / "expected.json"
+# a crop of case monuseg_TCGA-G9-6336 (its whole-tile maps are only in ../shared)
+G9_6336_CROP = (Path(__file__).resolve().parent / "data" / "monuseg2018" / "pairs"
+                / "TCGA-G9-6336-01Z-00-DX1_r244-755_c244-755.npz")
+
+
+def _cases(folder):
+    cases = json.loads(EXPECTED_JSON.read_text())["cases"]
+    with np.load(folder / "pairs.npz", allow_pickle=False) as pairs:
+        maps = {name: pairs[name] for name in pairs.files}
+    return {c["name"]: (maps[c["gt"]], maps[c["pred"]], c["expected"]) for c in cases
+            if c["gt"] in maps}
 
 
 @pytest.fixture(scope="module")
-def fixture_cases(shared_dir):
-    folder = shared_dir / "fixtures" / "metrics"
-    cases = json.loads((folder / "expected.json").read_text())["cases"]
-    with np.load(folder / "pairs.npz", allow_pickle=False) as pairs:
-        maps = {name: pairs[name] for name in pairs.files}
-    return {c["name"]: (maps[c["gt"]], maps[c["pred"]], c["expected"]) for c in cases}
+def fixture_cases():
+    """The cases in tests/fixtures: all but the two on whole MoNuSeg tiles."""
+    return _cases(FIXTURES)
+
+
+@pytest.fixture(scope="module")
+def tile_cases(shared_dir):
+    """The cases on whole 1000x1000 MoNuSeg tiles (published label maps: ../shared only)."""
+    return _cases(shared_dir / "fixtures" / "metrics")
 
 
 def pytest_generate_tests(metafunc):
@@ -29,7 +44,9 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("case_name", [c["name"] for c in cases])
 
 
-def test_every_fixture_case_matches_reference(fixture_cases, case_name):
+def test_every_fixture_case_matches_reference(fixture_cases, case_name, request):
+    if case_name not in fixture_cases:  # a whole MoNuSeg tile: its maps are only in ../shared
+        fixture_cases = request.getfixturevalue("tile_cases")
     gt, pred, expected = fixture_cases[case_name]
     got = score_pair(gt, pred)
     for name in FIXTURE_METRICS:
@@ -46,8 +63,9 @@ def test_counts_are_instances_not_ids(fixture_cases):
     assert got["n_pred"] == len(np.unique(pred)) - 1
 
 
-def test_single_metric_functions_agree_with_score_pair(fixture_cases):
-    gt, pred, _ = fixture_cases["monuseg_TCGA-G9-6336"]
+def test_single_metric_functions_agree_with_score_pair():
+    with np.load(G9_6336_CROP, allow_pickle=False) as pair:
+        gt, pred = pair["gt"], pair["pred"]
     full = score_pair(gt, pred)
     assert aji(gt, pred) == full["aji"]
     assert aji_plus(gt, pred) == full["aji_plus"]

@@ -1,6 +1,6 @@
 """Faithfulness: nucseg reproduces the Matterport Mask R-CNN's golden outputs.
 
-../shared/fixtures/matterport_golden/README.md defines every weight by a formula of its
+tests/fixtures/matterport_golden/README.md defines every weight by a formula of its
 Matterport weight name, an input crop, and what the Matterport code computed at every stage.
 Here the golden config is built, every weight is set BY MATTERPORT NAME, the graph runs once
 per case, and each stage is compared with the README's tolerances and matching rules (proposals
@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-GOLDEN = SHARED / "fixtures" / "matterport_golden"
+GOLDEN = Path(__file__).resolve().parent / "fixtures" / "matterport_golden"
 
 GAINS = {"conv1": 0.02, "fpn_p3": -1.5, "fpn_p4": 2.5, "fpn_p5": 4.0, "rpn_bbox_pred": 2.0,
          "mrcnn_class_logits": -1.0, "mrcnn_mask": 10.0}

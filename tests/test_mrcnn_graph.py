@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-LAYER_LIST = SHARED / "fixtures" / "matterport_r101_c2_layers.tsv"
+LAYER_LIST = Path(__file__).resolve().parent / "fixtures" / "matterport_r101_c2_layers.tsv"
 
 
 def build(**overrides):

@@ -1,6 +1,6 @@
 """Graph layers of the Mask R-CNN core against the Matterport golden fixture.
 
-Each layer is fed the golden input of its stage (README of shared/fixtures/matterport_golden)
+Each layer is fed the golden input of its stage (README of tests/fixtures/matterport_golden)
 and must reproduce the golden output within the README's tolerances.
 """
 import types

@@ -17,8 +17,7 @@ from nucseg.mrcnn.weights import (COCO_EXCLUDE, WeightMismatchError, file_archit
                                   weight_entries)
 from nucseg.mrcnn.weights_h5 import write_weight_file
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURE = SHARED / "fixtures" / "matterport_layout_small.h5"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "matterport_layout_small.h5"
 FIXTURE_LAYERS = ["input_image", "zero_padding2d", "input_roi_features", "conv1",
                   "mrcnn_mask_conv1", "bn_conv1", "mrcnn_mask_bn1", "activation", "activation_1",
                   "time_distributed", "rpn_model", "mrcnn_mask_deconv", "mrcnn_class_logits"]

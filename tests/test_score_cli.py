@@ -24,8 +24,8 @@ IMAGES = {
 
 
 @pytest.fixture(scope="module")
-def fixture_maps(shared_dir):
-    with np.load(shared_dir / "fixtures/metrics/pairs.npz", allow_pickle=False) as pairs:
+def fixture_maps(fixtures_dir):
+    with np.load(fixtures_dir / "metrics/pairs.npz", allow_pickle=False) as pairs:
         return {name: pairs[name] for name in pairs.files}
 
 
@@ -89,9 +89,9 @@ def test_table_output_lists_images_and_mean(label_dirs):
     assert all(any(line.startswith(image) for line in lines) for image in IMAGES)
 
 
-def test_metadata_adds_organ_means_and_seen_unseen_groups(label_dirs, fixture_maps, shared_dir):
+def test_metadata_adds_organ_means_and_seen_unseen_groups(label_dirs, fixture_maps, data_dir):
     gt_dir, pred_dir = label_dirs
-    metadata = shared_dir / "data/monuseg2018/metadata.csv"
+    metadata = data_dir / "metadata.csv"
     result = run("score", "--gt", gt_dir, "--pred", pred_dir, "--format", "json",
                  "--metadata", metadata, "--seen-organs", "liver,breast")
     assert result.exit_code == 0, result.output
@@ -111,14 +111,14 @@ def test_metadata_adds_organ_means_and_seen_unseen_groups(label_dirs, fixture_ma
     assert json.loads(result.stdout)["groups"]["unseen"]["organs"] == ["bladder", "breast"]
 
 
-def test_metadata_problems_are_clear_errors(label_dirs, tmp_path, shared_dir):
+def test_metadata_problems_are_clear_errors(label_dirs, tmp_path, data_dir):
     gt_dir, pred_dir = label_dirs
     partial = tmp_path / "meta.csv"
     partial.write_text("id,organ\nTCGA-18-5592-01Z-00-DX1,liver\n")
     result = run("score", "--gt", gt_dir, "--pred", pred_dir, "--metadata", partial)
     assert result.exit_code == 2
     assert "meta.csv" in result.stderr and "TCGA-DK-A2I6-01A-01-TS1" in result.stderr
-    metadata = shared_dir / "data/monuseg2018/metadata.csv"
+    metadata = data_dir / "metadata.csv"
     result = run("score", "--gt", gt_dir, "--pred", pred_dir, "--metadata", metadata,
                  "--seen-organs", "livr")
     assert result.exit_code == 2 and "livr" in result.stderr

@@ -16,12 +16,13 @@ from nucseg.io import InputError, read_float_map
 from nucseg.stain import (RGB_FROM_HED, hematoxylin, hematoxylin_model_channel,
                           read_stain_matrix)
 
-TILE = "data/monuseg2018/images/TCGA-B0-5698-01Z-00-DX1.tif"
+TILE = "images/TCGA-B0-5698-01Z-00-DX1_r244-755_c244-755.tif"  # in tests/data/monuseg2018
 
 
 @pytest.fixture(scope="module")
-def tile(shared_dir):
-    return tifffile.imread(shared_dir / TILE)
+def tile(data_dir):
+    """The central 512 x 512 px of the tile, as published (LZW TIFF)."""
+    return tifffile.imread(data_dir / TILE)
 
 
 def all_values_image():
@@ -100,16 +101,16 @@ def test_model_channel_scales_per_image_max_to_255():
     assert not hematoxylin_model_channel(np.zeros((3, 3), np.float32)).any()
 
 
-def test_cli_writes_float32_map_and_record(tmp_path, shared_dir, tile):
-    result = CliRunner().invoke(main, ["hstain", str(shared_dir / TILE), "-o", str(tmp_path)])
+def test_cli_writes_float32_map_and_record(tmp_path, data_dir, tile):
+    result = CliRunner().invoke(main, ["hstain", str(data_dir / TILE), "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    out = tmp_path / "TCGA-B0-5698-01Z-00-DX1_hstain.tif"
+    out = tmp_path / "TCGA-B0-5698-01Z-00-DX1_r244-755_c244-755_hstain.tif"
     data = tifffile.imread(out)
     assert data.dtype == np.float32
     np.testing.assert_allclose(data, rgb2hed(tile)[..., 0], rtol=0, atol=1e-5)
     record = yaml.safe_load((tmp_path / "hstain_record.yaml").read_text())
     assert record["command"] == "hstain"
-    assert record["inputs"] == [str(shared_dir / TILE)]
+    assert record["inputs"] == [str(data_dir / TILE)]
     assert record["outputs"] == [str(out)]
 
 

@@ -58,10 +58,10 @@ def test_layer_presets_select_matterport_layers():
     assert not any("moving" in p for p in trainable)
 
 
-def test_organ_and_k_folds(shared_dir):
+def test_organ_and_k_folds(data_dir):
     import csv as _csv
 
-    meta = shared_dir / "data" / "monuseg2018" / "metadata.csv"
+    meta = data_dir / "metadata.csv"
     with open(meta) as fh:
         names = [r["id"] for r in _csv.DictReader(fh)]
     folds = T.organ_folds(meta, names)
@@ -99,13 +99,13 @@ TINY = dict(TRAIN_ROIS_PER_IMAGE=24, ROI_POSITIVE_RATIO=0.5, MASK_POOL_SIZE=7, M
 
 
 @pytest.fixture
-def crop_dataset(shared_dir, tmp_path):
+def crop_dataset(data_dir, tmp_path):
     from nucseg.io import read_labels, read_rgb, write_labels, write_rgb
 
-    data = shared_dir / "data" / "monuseg2018"
-    y, x = CROP
-    rgb = read_rgb(data / "images" / f"{TILE}.tif")[y:y + 256, x:x + 256]
-    labels = read_labels(data / "labels" / f"{TILE}.png")[y:y + 256, x:x + 256]
+    y, x = CROP  # tests/data holds just this window of the tile
+    crop = f"{TILE}_r{y}-{y + 255}_c{x}-{x + 255}"
+    rgb = read_rgb(data_dir / "images" / f"{crop}.tif")
+    labels = read_labels(data_dir / "labels" / f"{crop}.png")
     write_rgb(tmp_path / "images" / "crop.png", rgb)
     write_labels(tmp_path / "labels" / "crop.tif", labels)
     return tmp_path
