@@ -68,14 +68,13 @@ def resolve_model(path) -> ModelSpec:
 
 
 def resolve_model_or_name(arg) -> tuple[ModelSpec, object]:
-    """(spec, ShippedModel or None) for `-m ARG`: an existing path, else a shipped model's
-    name (its files verified against their sha256 first)."""
-    path = Path(arg)
-    if path.exists() or path.suffix.lower() == ".h5" or len(path.parts) > 1:
-        return resolve_model(path), None
-    from nucseg.models import find, verify
+    """(spec, ShippedModel or None) for `-m ARG`: a path, else a shipped model's name (its
+    files verified against their sha256 first)."""
+    from nucseg.models import named
 
-    model = verify(find(str(arg)))
+    model = named(arg)
+    if model is None:
+        return resolve_model(arg), None
     return ModelSpec(model.weights, model.config), model
 
 

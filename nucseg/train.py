@@ -131,7 +131,12 @@ def init_weights(model, config, init, exclude=()) -> dict:
     from nucseg.mrcnn.weights import load_weights
     from nucseg.mrcnn.weights_h5 import read_weight_shapes
 
+    from nucseg.models import named
+
     exclude = list(exclude)
+    shipped = named(init)
+    if shipped is not None:                       # a shipped model, by name
+        init = shipped.weights
     if Path(init).is_dir():                       # a run directory: its newest checkpoint
         found = latest_checkpoint(init)
         if found is None:
@@ -430,6 +435,20 @@ def parse_epochs(text: str | None) -> list[int] | None:
         raise ValueError(f"--epochs takes comma-separated integers, got {text!r}") from None
 
 
+def init_channel_scaling(init):
+    """The channel scaling a fine-tuning run inherits: the shipped model's for `--init NAME`,
+    else the paper's per-image scaling."""
+    from nucseg.channels import ChannelScaling
+    from nucseg.models import named
+
+    shipped = named(init) if init not in (None, "", "none", "last") else None
+    if shipped is None:
+        return "per_image"
+    from nucseg.mrcnn.config import Config
+
+    return ChannelScaling.from_config(Config.from_yaml(shipped.config)).as_dict()
+
+
 def train_command(run_dir, images=None, labels=None, hstain=None, distance=None, classes=None,
                   config_spec="paper", backbone=None, name=None, folds=None, metadata=None,
                   resume=False, seed=0, options: TrainOptions | None = None,
@@ -450,8 +469,11 @@ def train_command(run_dir, images=None, labels=None, hstain=None, distance=None,
         return resume_folds(run_dir, options, log=log, extend=extend)
     if not images or not labels:
         raise ValueError("--images and --labels are required (except with --resume)")
+    dataset_options = dict(dataset_options or {})
+    if dataset_options.get("channel_scaling") is None:      # as the starting model, if shipped
+        dataset_options["channel_scaling"] = init_channel_scaling(options.init)
     dataset = Dataset(images, labels, hstain_dir=hstain, distance_dir=distance, classes=classes,
-                      channels=5, **(dataset_options or {}))
+                      channels=5, **dataset_options)
     overrides = dict(dataset.scaling.config_overrides())
     if backbone:
         overrides["BACKBONE"] = backbone
@@ -468,7 +490,7 @@ def train_command(run_dir, images=None, labels=None, hstain=None, distance=None,
     if config.IMAGE_CHANNEL_COUNT != 5:
         dataset = Dataset(images, labels, hstain_dir=hstain, distance_dir=distance,
                           classes=classes, channels=config.IMAGE_CHANNEL_COUNT,
-                          **(dataset_options or {}))
+                          **dataset_options)
     options.loader = {**options.loader, "seed": int(seed)}
     if folds is None:
         return [train_run(config, dataset, run_dir, options, log=log)]

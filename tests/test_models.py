@@ -184,3 +184,24 @@ def test_weights_with_nan_are_refused_before_anything_is_assigned(packed, tmp_pa
     shutil.copyfile(run / "config.yaml", tmp_path / "nan.yaml")
     with pytest.raises(InputError, match="NaN or infinite"):
         load_model(ModelSpec(path, tmp_path / "nan.yaml"))
+
+
+def test_init_by_name_fine_tunes_from_the_shipped_weights_and_scaling(installed):
+    """`nucseg train --init NAME`: the shipped weights are the start, and the run inherits the
+    shipped model's channel scaling (else the same nucleus would look different)."""
+    from nucseg.mrcnn import Config, MaskRCNN
+    from nucseg.mrcnn.weights_h5 import read_weight_file
+    from nucseg.train import init_channel_scaling, init_weights
+
+    assert init_channel_scaling("tiny-test")["mode"] == "fixed"
+    assert init_channel_scaling("none") == "per_image"
+    folder = installed / "tiny-test"
+    config = Config.from_yaml(folder / "config.yaml")
+    model = MaskRCNN(config.copy(GPU_COUNT=1, IMAGES_PER_GPU=1)).keras_model
+    info = init_weights(model, config, "tiny-test")
+    assert info["path"] == str(folder / "mask_rcnn.h5") and info["loaded_layers"] > 100
+    shipped = read_weight_file(folder / "mask_rcnn.h5")["mrcnn_mask"][0][1]
+    np.testing.assert_array_equal(model.get_layer("mrcnn_mask").get_weights()[0],
+                                  shipped.astype(np.float32))
+    with pytest.raises(InputError, match="tiny-test"):
+        init_weights(model, config, "no-such-model")

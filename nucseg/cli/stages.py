@@ -186,7 +186,8 @@ def distance_train(images, labels, model_dir, epochs, batch_size, width, hematox
 @distance.command("predict")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("-m", "--model-dir", required=True, type=click.Path(file_okay=False),
-              help="A model directory written by `nucseg distance train`.")
+              help="A model directory written by `nucseg distance train`, or a shipped "
+                   "model's name (its U-Net; `nucseg models list`).")
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
               help="Directory for <stem>_dist.tif and distance_predict_record.yaml.")
 @click.option("--tile-size", default=1024, show_default=True, type=click.IntRange(64),
@@ -203,13 +204,21 @@ def distance_predict(images, model_dir, outdir, tile_size, margin):
     Example:
       nucseg distance predict tiles/ -m unet_model/ -o dist/
       nucseg distance predict big_region.tif -m unet_model/ -o dist/ --tile-size 512
+      nucseg distance predict tiles/ -m monuseg-r50 -o dist/      # a shipped model's U-Net
     """
-    from nucseg.io import expand_inputs, make_record, run_batch, write_record
+    from nucseg.io import InputError, expand_inputs, make_record, run_batch, write_record
     from nucseg.unet import load_unet
     from nucseg.unet.predict import check_tiling, predict_file
 
+    from nucseg.models import named
+
     check_tiling(tile_size, margin)
     files = require_inputs(expand_inputs(images), "images")
+    shipped = named(model_dir)
+    if shipped is not None:
+        if shipped.unet_dir is None:
+            raise InputError(model_dir, "this shipped model has no distance U-Net")
+        model_dir = str(shipped.unet_dir)
     model = load_unet(model_dir)
     written = []
     failures = run_batch(files, lambda f: written.append(

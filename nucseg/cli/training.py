@@ -39,9 +39,10 @@ from nucseg.cli.common import friendly_errors, main
 @click.option("--layers", metavar="PRESET|REGEX",
               help="Train these layers in every stage: heads, 3+, 4+, 5+, all, or a regex.")
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), help="Override the schedule's.")
-@click.option("--init", default="none", show_default=True, metavar="PATH|none|last",
-              help="Starting weights: a Matterport .h5 (heads excluded when the class count "
-                   "differs), none, or last (= --resume).")
+@click.option("--init", default="none", show_default=True, metavar="PATH|NAME|none|last",
+              help="Starting weights: a Matterport .h5 or run directory (heads excluded when "
+                   "the class count differs), a shipped model's name (fine-tune it on your own "
+                   "data), none, or last (= --resume).")
 @click.option("--exclude", multiple=True, metavar="LAYER", help="Layers not to load from --init.")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir after its newest "
               "checkpoint, inside its stage. With --epochs/--stage it continues on that longer "
@@ -55,11 +56,10 @@ from nucseg.cli.common import friendly_errors, main
 @click.option("--normalize", is_flag=True,
               help="Per-image zero-mean unit-variance instead of MEAN_PIXEL subtraction.")
 @click.option("--channel-scaling", type=click.Choice(["per_image", "fixed"]),
-              default="per_image", show_default=True,
               help="How the distance and hematoxylin maps become 0-255 channels: per_image "
                    "(the paper: each map's maximum -> 255) or fixed (18 px and OD 0.30 -> 255, "
                    "recorded in config.yaml; the same nucleus gets the same input in any tile "
-                   "or slide block).")
+                   "or slide block). Default: per_image, or the shipped --init model's.")
 @click.option("--crop-size", type=click.IntRange(64), help="Random crop side (default: "
                                                             "IMAGE_MIN_DIM, 256 paper).")
 @click.option("--no-flips", is_flag=True, help="No random flips.")
@@ -95,6 +95,8 @@ def train(run_dir, images, labels, hstain, distance, classes, config_spec, backb
           --folds organ --metadata data/metadata.csv
       nucseg train -o runs/paper --resume
       nucseg train -o runs/paper --resume --stage all --epochs 5,60,5,5   # train longer
+      nucseg train --images my/images --labels my/labels -o runs/mine \
+          --init monuseg-r50 --distance my_dist/      # fine-tune the shipped model
       nucseg train --images data/images --labels data/labels -o runs/bf16 \\
           --precision mixed_bfloat16                         # faster convolutions
     """

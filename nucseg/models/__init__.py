@@ -103,6 +103,16 @@ def verify(model: ShippedModel) -> ShippedModel:
     return model
 
 
+def named(arg) -> ShippedModel | None:
+    """The verified shipped model that a command-line argument names, or None when the
+    argument is a path (it exists, ends in .h5, or has a folder part). An unknown name is an
+    InputError listing the shipped names."""
+    path = Path(str(arg))
+    if path.exists() or path.suffix.lower() == ".h5" or len(path.parts) > 1:
+        return None
+    return verify(find(str(arg)))
+
+
 def show(name: str | None = None, models_dir=None) -> dict:
     """The manifest of a shipped model, with its folder and total size."""
     model = find(name, models_dir)
