@@ -19,8 +19,8 @@ def import_group():
 
 
 @import_group.command("pannuke")
-@click.argument("fold_dir", type=click.Path(file_okay=False, exists=True))
-@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
+@click.argument("fold_dir", type=click.Path())
+@click.option("-o", "--outdir", required=True, type=click.Path(),
               help="Output: images/, labels/, classes.csv, metadata.csv, a record.")
 @click.option("--no-progress", is_flag=True)
 @friendly_errors
@@ -28,6 +28,9 @@ def import_pannuke_cmd(fold_dir, outdir, no_progress):
     """PanNuke fold (images.npy, masks.npy, types.npy) -> images, label maps, class table.
 
     Train the joint detection + classification model (NUM_CLASSES 1 + 5) with --classes.
+    The three arrays are checked first (shapes, counts, dtypes; pixels finite and 0..255,
+    instance ids whole and >= 0; never unpickled): a bad fold stops with one line and
+    writes nothing.
 
     \b
     Example:
@@ -233,30 +236,42 @@ def distance_predict(images, model_dir, outdir, tile_size, margin):
 
 @import_group.command("monuseg")
 @click.argument("xml_files", metavar="XML...", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--outdir", required=True, type=click.Path(),
               help="Directory for <stem>_labels.tif and import_monuseg_record.yaml.")
-@click.option("--images", "images_dir", type=click.Path(file_okay=False, exists=True),
+@click.option("--images", "images_dir", type=click.Path(),
               help="Directory of the tiles: each label map takes the size of the tile with the "
                    "XML file's stem.")
 @click.option("--size", default="1000x1000", show_default=True, metavar="HxW",
-              help="HEIGHTxWIDTH of the label maps when --images is not given.")
+              help="HEIGHTxWIDTH of the label maps when --images is not given; at most 100 "
+                   "megapixels (e.g. 10000x10000), as the map is built in memory (4 bytes/px).")
 @friendly_errors
 def import_monuseg(xml_files, outdir, images_dir, size):
     """MoNuSeg / Aperio XML polygon annotations -> instance label maps (uint16 TIFF).
 
     Vertices are 1-based (shifted by -1 px before filling); ids 1..N follow the file order;
     where polygons overlap the first region keeps the pixel; regions with fewer than 3
-    vertices are skipped and counted.
+    vertices are skipped and counted. A file is refused (and the batch goes on) if it is not
+    Aperio XML, has a DOCTYPE, a vertex that is not a finite number, or a vertex more than
+    8 px outside the label map.
 
     \b
     Example:
       nucseg import monuseg annotations/*.xml --images images/ -o labels/
     """
-    from nucseg.data.monuseg import import_monuseg_file, parse_size
+    from nucseg.data.monuseg import (
+        BORDER_TOLERANCE_PX,
+        check_images_dir,
+        import_monuseg_file,
+        parse_size,
+        prepare_outdir,
+    )
     from nucseg.io import expand_inputs, make_record, run_batch, write_record
 
     shape = parse_size(size)
+    if images_dir is not None:
+        check_images_dir(images_dir)
     files = require_inputs(expand_inputs(xml_files, (".xml",)), "XML files")
+    prepare_outdir(outdir)
     summary = []
 
     def work(xml_path):
@@ -264,17 +279,22 @@ def import_monuseg(xml_files, outdir, images_dir, size):
         summary.append({"input": xml_path, "output": out, "regions": result.n_regions,
                         "nuclei": result.n_nuclei,
                         "skipped_fewer_than_3_vertices": result.skipped_few_vertices,
-                        "hidden_by_earlier_regions": len(result.empty_regions)})
+                        "hidden_by_earlier_regions": len(result.hidden_regions),
+                        "outside_image": len(result.outside_regions),
+                        "covering_no_pixel": len(result.no_pixel_regions)})
 
     failures = run_batch(files, work, desc="import")
     write_record(Path(outdir) / "import_monuseg_record.yaml", make_record(
         "import monuseg", files, {"outdir": outdir, "images": images_dir, "size": size},
         files=summary, failures=failures))
     for item in summary:
-        notes = ""
-        if item["skipped_fewer_than_3_vertices"] or item["hidden_by_earlier_regions"]:
-            notes = (f" ({item['skipped_fewer_than_3_vertices']} region(s) with < 3 vertices "
-                     f"skipped, {item['hidden_by_earlier_regions']} hidden by earlier regions)")
+        counts = [(item["skipped_fewer_than_3_vertices"], "with < 3 vertices skipped"),
+                  (item["hidden_by_earlier_regions"], "hidden by earlier regions"),
+                  (item["outside_image"],
+                   f"outside the image (within the {BORDER_TOLERANCE_PX:g} px tolerance)"),
+                  (item["covering_no_pixel"], "covering no pixel centre")]
+        notes = ", ".join(f"{n} {what}" for n, what in counts if n)
+        notes = f" (region(s): {notes})" if notes else ""
         click.echo(f"{Path(item['output']).name}: {item['nuclei']} nuclei{notes}")
     skipped = sum(item["skipped_fewer_than_3_vertices"] for item in summary)
     click.echo(f"wrote {len(summary)} label map(s) to {outdir}; "
