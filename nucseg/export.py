@@ -78,7 +78,8 @@ def write_geojson(path, merged, class_name: str = DEFAULT_CLASS,
                     continue
                 fh.write("\n" if first else ",\n")
                 json.dump(_feature(k, rings, merged.scores[k - 1], merged.agreement[k - 1],
-                                   class_name, color), fh, separators=(",", ":"))
+                                   class_name, color), fh, separators=(",", ":"),
+                          allow_nan=False)     # NaN is not JSON: fail rather than write it
                 first = False
             fh.write("\n]}\n")
     return path

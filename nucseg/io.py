@@ -42,24 +42,36 @@ def _read_array(path: Path) -> np.ndarray:
     if not path.is_file():
         raise InputError(path, "file not found")
     suffix = path.suffix.lower()
+    tiff_problem = None
     try:
         if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        if suffix in (".tif", ".tiff"):
-            import tifffile
+            data = np.load(path, allow_pickle=False)
+        else:
+            data = None
+            if suffix in (".tif", ".tiff"):
+                import tifffile
 
-            try:
-                return tifffile.imread(path)
-            except Exception:  # e.g. a codec tifffile lacks: Pillow may still read it
-                pass
-        from PIL import Image
+                try:
+                    data = tifffile.imread(path)
+                except Exception as exc:  # e.g. a codec tifffile lacks: Pillow may read it
+                    tiff_problem = str(exc).split("\n")[0][:120]
+            if data is None:
+                from PIL import Image
 
-        with Image.open(path) as im:
-            return np.asarray(im)
+                with Image.open(path) as im:
+                    data = np.asarray(im)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's problem
+        if tiff_problem and ("corrupt" in tiff_problem or "strip" in tiff_problem
+                             or "tile" in tiff_problem):
+            raise InputError(path, f"truncated or corrupted TIFF ({tiff_problem})") from None
         raise InputError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
+    if data.size == 0:
+        raise InputError(path, "no pixel data (truncated or empty file?)")
+    if data.dtype.kind not in "biuf":
+        raise InputError(path, f"unsupported data type {data.dtype}")
+    return data
 
 
 def _read_plane(path: Path, problem: str) -> np.ndarray:
@@ -91,27 +103,50 @@ def read_rgb(path) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+MAX_LABEL_ID = int(np.iinfo(np.int32).max)
+
+
 def read_labels(path) -> np.ndarray:
-    """A 2-D instance label map (0 = background) as int32, or uint32 when ids need it."""
+    """A 2-D instance label map (0 = background) as int32.
+
+    Ids must be whole numbers in 0 .. 2^31 - 1: larger ids would wrap onto small ones in any
+    int32 or float32 step and silently merge two nuclei, so they are refused, never cast.
+    """
     path = Path(path)
     labels = _read_plane(path, "label map must be 2-D")
+    if labels.dtype == np.bool_:
+        labels = labels.astype(np.uint8)
     if not np.issubdtype(labels.dtype, np.integer):
-        if np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0):
-            labels = labels.astype(np.int64)
-        else:
-            raise InputError(path, f"label map must hold integers, got {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise InputError(path, "label map has negative ids")
-    if labels.size and labels.max() > np.iinfo(np.int32).max:
-        return labels.astype(np.uint32)
+        if not np.isfinite(labels).all():
+            raise InputError(path, "label map holds NaN or infinite values")
+        if np.any(np.mod(labels, 1) != 0):
+            raise InputError(path, f"label map must hold integers (whole-number ids), got "
+                                   f"fractional {labels.dtype} values")
+    if labels.min() < 0:
+        raise InputError(path, f"label map has negative ids (min {labels.min():.0f})")
+    if float(labels.max()) > MAX_LABEL_ID:
+        raise InputError(path, f"label id {labels.max():.0f} is above the supported maximum "
+                               f"{MAX_LABEL_ID} (2^31 - 1); renumber the nuclei 1..N")
     return labels.astype(np.int32, copy=False)
 
 
 def read_float_map(path) -> np.ndarray:
-    """A single-channel float map (hematoxylin, distance) as float32 HxW."""
+    """A single-channel float map (hematoxylin density, distance in px) as float32 HxW.
+
+    Both kinds are finite and non-negative by definition; one NaN would zero the whole channel
+    once scaled, so NaN, infinite and negative values are refused.
+    """
     path = Path(path)
     data = _read_plane(path, "expected a single-channel map")
-    return data.astype(np.float32, copy=False)
+    data = data.astype(np.float32, copy=False)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise InputError(path, f"map holds {int(bad.sum())} NaN or infinite value(s); values "
+                               "must be finite")
+    if data.min() < 0:
+        raise InputError(path, f"map holds negative values (min {float(data.min()):.3g}); "
+                               "distance and hematoxylin maps are >= 0")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,15 +225,32 @@ def output_path(outdir, input_path, suffix: str) -> Path:
     return Path(outdir) / f"{Path(input_path).stem}{suffix}"
 
 
-def expand_inputs(paths: Iterable, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Files as given, directories expanded to their files with a known extension (sorted)."""
+def expand_inputs(paths: Iterable, extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                  unique_stems: bool = True) -> list[Path]:
+    """Files as given, directories expanded to their files with a known extension (sorted).
+
+    A path that does not exist is an error before any work. Outputs are named by input stem,
+    so two inputs with one stem (a/x.tif, b/x.png) are refused rather than written over each
+    other (`unique_stems`).
+    """
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             found.extend(sorted(f for f in p.iterdir()
                                 if f.is_file() and f.suffix.lower() in extensions))
+        elif not p.exists():
+            raise InputError(p, "no such file or directory")
         else:
             found.append(p)
+    if unique_stems:
+        seen: dict[str, Path] = {}
+        for f in found:
+            if f.stem in seen and seen[f.stem].resolve() != f.resolve():
+                raise InputError(f, f"has the same stem as {seen[f.stem]}; outputs are named "
+                                    "by stem, so one would overwrite the other")
+            seen.setdefault(f.stem, f)
+        found = [f for i, f in enumerate(found) if seen[f.stem] is f or
+                 seen[f.stem].resolve() != f.resolve()]
     return found
 
 

@@ -121,6 +121,35 @@ def save_member(path, member: Member) -> Path:
     return path
 
 
+def check_member_arrays(path, rois, scores, class_ids, mask_data, image_shape) -> None:
+    """The rules of a member file (docs/formats.md): N x 4 integer boxes inside the image,
+    N finite scores in [0, 1], N integer class ids >= 1, 1-D uint8 mask data, a 2-value
+    positive image shape. Raises InputError naming the first rule broken."""
+    from nucseg.io import InputError
+
+    def fail(problem):
+        raise InputError(path, f"member file: {problem}")
+
+    image_shape = np.asarray(image_shape)
+    if image_shape.shape != (2,) or image_shape.dtype.kind not in "iu" or image_shape.min() < 1:
+        fail(f"image_shape must be 2 positive integers, got {image_shape.tolist()}")
+    if rois.ndim != 2 or rois.shape[1] != 4 or rois.dtype.kind not in "iu":
+        fail(f"rois must be an N x 4 integer array, got {rois.dtype} {rois.shape}")
+    n = rois.shape[0]
+    if scores.shape != (n,) or scores.dtype.kind != "f":
+        fail(f"scores must be {n} floats (one per box), got {scores.dtype} {scores.shape}")
+    if not np.isfinite(scores).all() or (n and (scores.min() < 0 or scores.max() > 1)):
+        fail("scores must be finite and within [0, 1]")
+    if class_ids.shape != (n,) or class_ids.dtype.kind not in "iu" or \
+            (n and class_ids.min() < 1):
+        fail(f"class_ids must be {n} integers >= 1, got {class_ids.dtype} {class_ids.shape}")
+    if mask_data.ndim != 1:
+        fail(f"mask_data must be 1-D, got shape {mask_data.shape}")
+    if n and (rois[:, :2].min() < 0 or rois[:, 2].max() > image_shape[0]
+              or rois[:, 3].max() > image_shape[1]):
+        fail(f"a box lies outside the {image_shape[0]}x{image_shape[1]} image")
+
+
 def load_member(path) -> Member:
     """Read a member .npz; a malformed file raises InputError naming it."""
     from nucseg.io import InputError
@@ -138,9 +167,12 @@ def load_member(path) -> Member:
             if version > FORMAT_VERSION:
                 raise InputError(path, f"member format {version} is newer than this nucseg "
                                        f"reads ({FORMAT_VERSION})")
-            rois = z["rois"].astype(np.int32).reshape(-1, 4)
-            data = z["mask_data"]
-            fields = (z["scores"], z["class_ids"], tuple(z["image_shape"].tolist()),
+            rois, data = z["rois"], z["mask_data"]
+            check_member_arrays(path, rois, z["scores"], z["class_ids"], data,
+                                z["image_shape"])
+            rois = rois.astype(np.int32)
+            fields = (z["scores"].astype(np.float32), z["class_ids"].astype(np.int32),
+                      tuple(int(v) for v in z["image_shape"].tolist()),
                       str(z["model"]) if "model" in keys else path.stem,
                       str(z["transform"]) if "transform" in keys else "identity",
                       str(z["image"]) if "image" in keys else "")

@@ -122,5 +122,11 @@ def load_model(spec: ModelSpec, batch_size: int = 1, **overrides):
     if missing:
         raise InputError(spec.weights, f"does not fit the config: {len(missing)} layers missing "
                                        f"or mismatched, e.g. {missing[:3]}")
+    unused = list(getattr(report, "unused", []))
+    if unused:     # right for --init (e.g. R101 -> R50), wrong for a model asked to run
+        raise InputError(spec.weights, f"does not fit the config {spec.config.name}: the file "
+                                       f"has {len(unused)} weighted layers the configured model "
+                                       f"lacks, e.g. {unused[:3]} (weights of another backbone "
+                                       "or channel count?)")
     model.name = spec.name
     return model

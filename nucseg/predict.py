@@ -324,6 +324,9 @@ def merge_member_files(paths, outdir, opts: PredictOptions, image_dir=None,
 # ---------------------------------------------------------------------------------------------
 # from command-line arguments
 # ---------------------------------------------------------------------------------------------
+SETTINGS_FILE = "predict_settings.yaml"
+
+
 def predict_from_paths(images, model_paths, ensemble, outdir, opts: PredictOptions,
                        sources: ChannelSources, config_overrides: dict | None = None,
                        distance_model=None, log=print) -> tuple[list[str], int]:
@@ -331,6 +334,7 @@ def predict_from_paths(images, model_paths, ensemble, outdir, opts: PredictOptio
     model, load the models, predict. Returns (failures, number of images)."""
     from nucseg.io import expand_inputs, sha256
     from nucseg.model_files import ensemble_models, load_model, resolve_model_or_name
+    from nucseg.outdir import same_settings_or_refuse
 
     paths = expand_inputs(images)
     if not paths:
@@ -349,6 +353,12 @@ def predict_from_paths(images, model_paths, ensemble, outdir, opts: PredictOptio
     if distance_model is None and sources.distance_dir is None and shipped \
             and shipped[0].unet_dir is not None:
         distance_model = shipped[0].unet_dir
+    same_settings_or_refuse(outdir, SETTINGS_FILE, {
+        "options": {k: v for k, v in asdict(opts).items() if k not in ("resume", "progress")},
+        "models": [sha256(spec.weights) for spec in specs],
+        "config_overrides": {k: v for k, v in (config_overrides or {}).items() if v is not None},
+        "distance": str(sources.distance_dir or distance_model or ""),
+        "hstain": str(sources.hstain_dir or "")}, opts.resume)
     if opts.resume:
         todo = [p for p in paths if not is_complete(outdir, p.stem, opts)]
         if not todo:

@@ -9,18 +9,64 @@ import click
 from nucseg._version import __version__
 
 
+def os_error_line(exc: OSError) -> str:
+    """`<file>: <problem>` for an OSError (a file in the way of a directory, no permission,
+    a full disk), without Python's '[Errno N]' decoration."""
+    if exc.filename is None:        # raised with a message of its own
+        return str(exc)
+    where = exc.filename
+    if getattr(exc, "filename2", None):
+        where = f"{where} -> {exc.filename2}"
+    return f"{where}: {exc.strerror or exc}"
+
+
 def friendly_errors(fn):
-    """Turn expected failures into one clear line and exit status 2 (no traceback)."""
+    """Turn expected failures into one clear line and exit status 2 (no traceback); Ctrl-C,
+    SIGTERM and an interrupt signal end with one line and status 130."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from nucseg.io import InputError
 
         try:
             return fn(*args, **kwargs)
-        except (InputError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        except (InputError, ValueError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except OSError as exc:
+            click.echo(f"error: {os_error_line(exc)}", err=True)
+            sys.exit(2)
+        except MemoryError:
+            click.echo("error: out of memory (an input or option asks for more memory than "
+                       "this machine has)", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
     return wrapper
+
+
+def claims_outdir(name: str):
+    """Decorator: the command's output directory (parameter `name`) is created, locked against
+    a second nucseg process and cleared of temp files a killed run left (nucseg.outdir), for
+    the whole command. Put it under @friendly_errors."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            from nucseg.outdir import claim
+
+            if not kwargs.get(name):
+                return fn(*args, **kwargs)
+            with claim(kwargs[name], log=lambda msg: click.echo(msg, err=True)):
+                return fn(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
+def plain_warnings() -> None:
+    """Warnings as one `warning: <message>` line (no source line, no category)."""
+    import warnings
+
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
 
 
 def finish_batch(failures: list[str], total: int) -> None:
@@ -44,7 +90,9 @@ def main():
       nucseg train       staged Mask R-CNN+ training
       nucseg predict     detection with TTA and model ensembles, merged
       nucseg score       AJI, AJI+, PQ, DQ, SQ, Dice against ground truth
+      nucseg models      the models shipped with nucseg (predict runs the default one)
     """
+    plain_warnings()
 
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from nucseg.cli.common import finish_batch, friendly_errors, main
+from nucseg.cli.common import claims_outdir, finish_batch, friendly_errors, main
 
 
 def _merge_options(fn):
@@ -81,6 +81,7 @@ def _predict_options(merge_method, iou_threshold, iou_type, min_members, mask_th
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the HSV shift.")
 @click.option("--resume", is_flag=True, help="Skip images whose outputs are complete.")
 @friendly_errors
+@claims_outdir("outdir")
 def predict(images, models, ensemble, outdir, tta, distance_model, distance_dir, tile_size,
             overlap, batch_size, max_detections, min_confidence, keep_members, seed, resume,
             hstain_dir, **merge_opts):
@@ -123,6 +124,7 @@ def predict(images, models, ensemble, outdir, tta, distance_model, distance_dir,
               help="Where the input images are (default: the path stored in the members); "
                    "needed for the CSV's hematoxylin column and the overlay.")
 @friendly_errors
+@claims_outdir("outdir")
 def merge(members, outdir, image_dir, hstain_dir, **merge_opts):
     """Merge saved members (predict --keep-members) into nuclei, per image.
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from nucseg.cli.common import finish_batch, friendly_errors, main, require_inputs
+from nucseg.cli.common import (claims_outdir, finish_batch, friendly_errors, main,
+                               require_inputs)
 
 
 @main.group("distance")
@@ -56,6 +57,7 @@ def import_pannuke_cmd(fold_dir, outdir, no_progress):
               help="3x3 text/CSV file: rows H, E, third stain; columns R, G, B optical density "
                    "(default: Ruifrok-Johnston H&E-DAB, as scikit-image).")
 @friendly_errors
+@claims_outdir("outdir")
 def hstain(images, outdir, stain_matrix):
     """Hematoxylin optical density of RGB tiles (Ruifrok-Johnston colour deconvolution).
 
@@ -88,6 +90,7 @@ def hstain(images, outdir, stain_matrix):
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
               help="Directory for <stem>_dist.tif and distance_labels_record.yaml.")
 @friendly_errors
+@claims_outdir("outdir")
 def distance_labels(labels, outdir):
     """Per-nucleus Euclidean distance maps from instance label maps (the training channel).
 
@@ -150,6 +153,7 @@ def distance_labels(labels, outdir):
 @click.option("--resume", is_flag=True,
               help="Continue the training saved in --model-dir after its last completed epoch.")
 @friendly_errors
+@claims_outdir("model_dir")
 def distance_train(images, labels, model_dir, epochs, batch_size, width, hematoxylin, lr,
                    lr_drop_every, crop_size, augment, val_images, val_labels, checkpoint_every,
                    max_minutes, seed, resume):
@@ -198,6 +202,7 @@ def distance_train(images, labels, model_dir, epochs, batch_size, width, hematox
 @click.option("--margin", default=64, show_default=True, type=click.IntRange(0),
               help="Overlap kept as context on each tile side and dropped (multiple of 32).")
 @friendly_errors
+@claims_outdir("outdir")
 def distance_predict(images, model_dir, outdir, tile_size, margin):
     """Predict per-nucleus distance maps (float32 TIFF, pixels) with a trained U-Net.
 
@@ -315,6 +320,7 @@ def import_monuseg(xml_files, outdir, images_dir, size):
 @click.option("--stain-matrix", type=click.Path(dir_okay=False),
               help="3x3 stain vectors, as for `nucseg hstain`.")
 @friendly_errors
+@claims_outdir("outdir")
 def baseline(images, outdir, sigma, min_size, min_distance, stain_matrix):
     """Classical segmentation without training: hematoxylin + Otsu + distance watershed.
 

@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from nucseg.cli.common import friendly_errors, main
+from nucseg.cli.common import claims_outdir, friendly_errors, main
 
 
 @main.command("train")
@@ -79,6 +79,7 @@ from nucseg.cli.common import friendly_errors, main
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
 @friendly_errors
+@claims_outdir("run_dir")
 def train(run_dir, images, labels, hstain, distance, classes, config_spec, backbone, name,
           schedule, stage, epochs, steps_per_epoch, learning_rate, layers, optimizer, init,
           exclude, resume, folds, metadata, fill_holes, split_components, normalize,
