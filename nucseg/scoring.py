@@ -21,8 +21,6 @@ from nucseg.metrics import COUNT_NAMES, METRIC_NAMES, score_pair
 
 #: Name endings dropped to find the image a label map belongs to (`<stem>_labels.tif`).
 LABEL_SUFFIXES = ("_labels",)
-#: The MoNuSeg 2018 training organs (Kumar et al.): the "seen" group unless told otherwise.
-DEFAULT_SEEN_ORGANS = ("breast", "kidney", "liver", "prostate")
 
 
 @dataclass(frozen=True)
@@ -184,19 +182,22 @@ def summarize(rows: list[dict], organs: dict[str, str] | None = None,
     """The JSON result: per-image rows, their mean, and (given organs) organ/group means.
 
     `organs` maps image name -> organ; `seen_organs` names the organs the model trained on
-    (default `DEFAULT_SEEN_ORGANS`); every other organ is "unseen".
+    (every other organ is "unseen"); without them there are no seen/unseen groups.
     """
     result = {"per_image": rows, "mean": mean_scores(rows), "n_images": len(rows)}
     if organs is None:
         return result
-    seen = {o.strip().lower() for o in (seen_organs or DEFAULT_SEEN_ORGANS)}
     by_organ: dict[str, list[dict]] = {}
     for row in rows:
         row["organ"] = organs[row["image"]]
-        row["group"] = "seen" if row["organ"] in seen else "unseen"
         by_organ.setdefault(row["organ"], []).append(row)
     result["per_organ"] = {organ: {"n_images": len(members), "mean": mean_scores(members)}
                            for organ, members in sorted(by_organ.items())}
+    if not seen_organs:     # a guessed split would be wrong without a word: none at all
+        return result
+    seen = {o.strip().lower() for o in seen_organs}
+    for row in rows:
+        row["group"] = "seen" if row["organ"] in seen else "unseen"
     result["groups"] = {}
     for group in ("seen", "unseen"):
         members = [row for row in rows if row["group"] == group]
@@ -208,12 +209,9 @@ def summarize(rows: list[dict], organs: dict[str, str] | None = None,
     return result
 
 
-def read_metadata(path, images: Iterable[str]) -> dict[str, str]:
-    """Image name -> organ (lower case) from a CSV with columns ``id`` and ``organ``.
-
-    MoNuSeg's metadata.csv works as it is; extra columns and rows are ignored, but every
-    scored image must have a row.
-    """
+def organ_table(path) -> dict[str, str]:
+    """Every row of a metadata CSV with columns ``id`` and ``organ``: image name -> organ
+    (lower case). MoNuSeg's metadata.csv works as it is; extra columns are ignored."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "metadata file not found")
@@ -231,11 +229,63 @@ def read_metadata(path, images: Iterable[str]) -> dict[str, str]:
                     organs[_metadata_image(row["id"])] = row["organ"].lower() or "unknown"
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(path, f"cannot read metadata CSV ({exc})") from None
+    return organs
+
+
+def read_metadata(path, images: Iterable[str]) -> dict[str, str]:
+    """Image name -> organ for the scored `images`; every one of them must have a row."""
+    organs = organ_table(path)
+    images = list(images)
     missing = sorted(set(images) - set(organs))
     if missing:
         raise InputError(path, f"no organ for {len(missing)} scored image(s): "
                                + ", ".join(missing))
     return {name: organs[name] for name in images}
+
+
+def training_images(pred) -> list[str] | None:
+    """The images the model(s) behind a prediction directory trained on, or None if unknown.
+
+    Read from a `<stem>_record.yaml` that `nucseg predict` wrote: each model's run directory
+    (train.yaml beside its weights: the data set's image names; for fold models every fold's),
+    or a shipped model's manifest (`training_images`).
+    """
+    import yaml
+
+    folder = Path(pred) if Path(pred).is_dir() else Path(pred).parent
+    records = sorted(folder.glob("*_record.yaml"))
+    if not records:
+        return None
+    try:
+        record = yaml.safe_load(records[0].read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    names: set[str] = set()
+    for model in record.get("models") or []:
+        if not isinstance(model, dict) or "weights" not in model:
+            return None
+        found = _model_training_images(Path(str(model["weights"])).parent)
+        if found is None:
+            return None
+        names |= found
+    return sorted(names) or None
+
+
+def _model_training_images(folder: Path) -> set[str] | None:
+    import yaml
+
+    for name, key in (("train.yaml", "dataset"), ("model.yaml", None)):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return None
+        listed = (data.get(key) or {}).get("names") if key else data.get("training_images")
+        if isinstance(listed, list) and listed:
+            return {str(n) for n in listed}
+    return None
 
 
 def _metadata_image(image_id: str) -> str:
@@ -263,9 +313,19 @@ def score_directories(gt, pred, metadata=None, seen_organs: Sequence[str] | None
     """
     pairs = pair_label_files(gt, pred)
     organs = read_metadata(metadata, [p.image for p in pairs]) if metadata else None
+    seen_from = "--seen-organs" if seen_organs else None
     if organs is not None and seen_organs:
         check_seen_organs(seen_organs, organs, metadata)
+    elif organs is not None:
+        trained = training_images(pred)
+        if trained:
+            table = organ_table(metadata)
+            seen_organs = sorted({table[n] for n in trained if n in table})
+            seen_from = "the model's training record" if seen_organs else None
     rows, failures = score_pairs(pairs, progress=progress, min_score=min_score)
     if organs is not None:
         organs = {name: organs[name] for name in (row["image"] for row in rows)}
-    return summarize(rows, organs, seen_organs), failures
+    result = summarize(rows, organs, seen_organs)
+    if organs is not None:
+        result["seen_organs_from"] = seen_from
+    return result, failures

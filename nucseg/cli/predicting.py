@@ -56,7 +56,7 @@ def _predict_options(merge_method, iou_threshold, iou_type, min_members, mask_th
                    "for an ensemble.")
 @click.option("--ensemble", type=click.Path(file_okay=False),
               help="An organ-fold run directory: every fold sub-directory's model.")
-@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--outdir", required=True, type=click.Path(),
               help="Directory for the outputs and <stem>_record.yaml.")
 @click.option("--tta", is_flag=True,
               help="Also run flipped and HSV-shifted views; each is a member.")
@@ -117,7 +117,7 @@ def predict(images, models, ensemble, outdir, tta, distance_model, distance_dir,
 
 @main.command("merge")
 @click.argument("members", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--outdir", required=True, type=click.Path(),
               help="Directory for the merged outputs and <stem>_record.yaml.")
 @_merge_options
 @click.option("--images", "image_dir", type=click.Path(file_okay=False),

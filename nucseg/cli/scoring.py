@@ -35,8 +35,10 @@ def _emit_text(text: str, output) -> Path | None:
               help="CSV with columns id, organ (e.g. MoNuSeg's metadata.csv): adds per-organ "
                    "means and seen/unseen organ groups.")
 @click.option("--seen-organs", multiple=True, metavar="ORGANS",
-              help="Comma-separated organs seen in training (with --metadata); "
-                   "default: breast,kidney,liver,prostate (the MoNuSeg training organs).")
+              help="Comma-separated organs seen in training (with --metadata). Default: "
+                   "the organs of the images the model trained on, read from the prediction "
+                   "records (run directory or shipped model); without either, no seen/unseen "
+                   "groups are reported.")
 @click.option("--min-score", type=click.FloatRange(0, 1), metavar="T",
               help="Count only predicted nuclei with score >= T (the `score` column of the "
                    "<stem>_nuclei.csv beside each map), to choose --min-confidence on "
@@ -69,6 +71,12 @@ def score(gt, pred, fmt, metadata, seen_organs, min_score, output):
         raise ValueError("--seen-organs needs --metadata (the organ of each image)")
     result, failures = score_directories(gt, pred, metadata, seen or None,
                                          min_score=min_score)
+    if metadata and result.get("seen_organs_from") is None:
+        click.echo("note: no seen/unseen groups: the predictions do not say what the model "
+                   "trained on; give --seen-organs", err=True)
+    elif metadata and not seen:
+        click.echo(f"seen organs from {result['seen_organs_from']}: "
+                   + ", ".join(result["groups"]["seen"]["organs"]), err=True)
     if failures:
         for line in failures:
             click.echo(f"error: {line}", err=True)

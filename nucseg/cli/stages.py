@@ -51,7 +51,7 @@ def import_pannuke_cmd(fold_dir, outdir, no_progress):
 
 @main.command("hstain")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--outdir", required=True, type=click.Path(),
               help="Directory for <stem>_hstain.tif and hstain_record.yaml.")
 @click.option("--stain-matrix", type=click.Path(dir_okay=False),
               help="3x3 text/CSV file: rows H, E, third stain; columns R, G, B optical density "
@@ -87,7 +87,7 @@ def hstain(images, outdir, stain_matrix):
 
 @distance.command("labels")
 @click.argument("labels", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--outdir", required=True, type=click.Path(),
               help="Directory for <stem>_dist.tif and distance_labels_record.yaml.")
 @friendly_errors
 @claims_outdir("outdir")
@@ -126,7 +126,7 @@ def distance_labels(labels, outdir):
               help="Directory (or file) of RGB training tiles.")
 @click.option("--labels", required=True, type=click.Path(exists=True),
               help="Directory of instance label maps, paired by stem (<stem>[_labels].tif/png).")
-@click.option("-o", "--model-dir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--model-dir", required=True, type=click.Path(),
               help="Output model directory (unet.json, unet.weights.h5, log, checkpoints).")
 @click.option("--epochs", default=80, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=2, show_default=True, type=click.IntRange(1))
@@ -195,7 +195,7 @@ def distance_train(images, labels, model_dir, epochs, batch_size, width, hematox
 @click.option("-m", "--model-dir", required=True, type=click.Path(file_okay=False),
               help="A model directory written by `nucseg distance train`, or a shipped "
                    "model's name (its U-Net; `nucseg models list`).")
-@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--outdir", required=True, type=click.Path(),
               help="Directory for <stem>_dist.tif and distance_predict_record.yaml.")
 @click.option("--tile-size", default=1024, show_default=True, type=click.IntRange(64),
               help="Images larger than this (px, multiple of 32) are predicted in tiles.")
@@ -309,7 +309,7 @@ def import_monuseg(xml_files, outdir, images_dir, size):
 
 @main.command("baseline")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--outdir", required=True, type=click.Path(),
               help="Directory for <stem>_labels.tif and baseline_record.yaml.")
 @click.option("--sigma", type=float, default=1.0, show_default=True,
               help="Gaussian smoothing of the hematoxylin map (px; 0 = none).")

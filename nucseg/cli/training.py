@@ -9,7 +9,7 @@ from nucseg.cli.common import claims_outdir, friendly_errors, main
 
 
 @main.command("train")
-@click.option("-o", "--run-dir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--run-dir", required=True, type=click.Path(),
               help="Run directory: config.yaml, train.yaml, checkpoints, losses.csv, run.yaml.")
 @click.option("--images", type=click.Path(file_okay=False, exists=True),
               help="Directory of RGB training images.")
