@@ -37,11 +37,10 @@ def stale_temp_files(directory, depth: int = 2) -> list[Path]:
 
 
 def _make_dir(directory: Path) -> None:
-    if directory.exists() and not directory.is_dir():
-        raise InputError(directory, "is a file, not a directory")
-    for parent in directory.parents:
-        if parent.exists() and not parent.is_dir():
-            raise InputError(directory, f"cannot be created: {parent} is a file")
+    for path in (directory, *directory.parents):    # name the file that is in the way
+        if path.exists() and not path.is_dir():
+            raise InputError(path, "exists and is not a directory (output directory "
+                                   f"{directory})")
     directory.mkdir(parents=True, exist_ok=True)
     if not os.access(directory, os.W_OK | os.X_OK):
         raise InputError(directory, "output directory is not writable")

@@ -56,9 +56,10 @@ def test_output_under_a_file_is_one_error_line(tmp_path, tile):
     blocker.write_text("x")
     for command in (["hstain", tile], ["baseline", tile], ["distance", "labels", tile]):
         result = invoke(*command, "-o", blocker / "sub")
-        assert_one_error(result, blocker / "sub", 2, "somefile is a file")
+        assert_one_error(result, blocker, 2, "exists and is not a directory")
     result = invoke("hstain", tile, "-o", blocker)
-    assert_one_error(result, blocker, 2, "is a file, not a directory")
+    assert_one_error(result, blocker, 2, "exists and is not a directory")
+    assert blocker.read_text() == "x"
 
 
 def test_failing_before_any_work_leaves_no_output_folder(tmp_path, tile):

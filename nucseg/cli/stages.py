@@ -25,6 +25,7 @@ def import_group():
               help="Output: images/, labels/, classes.csv, metadata.csv, a record.")
 @click.option("--no-progress", is_flag=True)
 @friendly_errors
+@claims_outdir("outdir")
 def import_pannuke_cmd(fold_dir, outdir, no_progress):
     """PanNuke fold (images.npy, masks.npy, types.npy) -> images, label maps, class table.
 
@@ -250,6 +251,7 @@ def distance_predict(images, model_dir, outdir, tile_size, margin):
               help="HEIGHTxWIDTH of the label maps when --images is not given; at most 100 "
                    "megapixels (e.g. 10000x10000), as the map is built in memory (4 bytes/px).")
 @friendly_errors
+@claims_outdir("outdir")
 def import_monuseg(xml_files, outdir, images_dir, size):
     """MoNuSeg / Aperio XML polygon annotations -> instance label maps (uint16 TIFF).
 
@@ -268,7 +270,6 @@ def import_monuseg(xml_files, outdir, images_dir, size):
         check_images_dir,
         import_monuseg_file,
         parse_size,
-        prepare_outdir,
     )
     from nucseg.io import expand_inputs, make_record, run_batch, write_record
 
@@ -276,7 +277,6 @@ def import_monuseg(xml_files, outdir, images_dir, size):
     if images_dir is not None:
         check_images_dir(images_dir)
     files = require_inputs(expand_inputs(xml_files, (".xml",)), "XML files")
-    prepare_outdir(outdir)
     summary = []
 
     def work(xml_path):

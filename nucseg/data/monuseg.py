@@ -259,20 +259,6 @@ def parse_size(text: str) -> tuple[int, int]:
                          "its tile") from None
 
 
-def prepare_outdir(outdir) -> Path:
-    """Create the output directory; a file in its place (or in a parent's) is an InputError."""
-    outdir = Path(outdir)
-    for path in (*reversed(outdir.parents), outdir):
-        if path.exists() and not path.is_dir():
-            raise InputError(path, "exists and is not a directory")
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(outdir, f"cannot create the output directory ({exc.strerror or exc})"
-                         ) from None
-    return outdir
-
-
 def check_images_dir(images_dir) -> None:
     """--images must be an existing directory."""
     path = Path(images_dir)

@@ -198,7 +198,7 @@ def check_outdir(outdir) -> None:
     """The output directory and its images/ and labels/ are directories (or do not exist yet);
     classes.csv and metadata.csv, where they exist, are tables this importer can merge into."""
     outdir = Path(outdir)
-    for path in (*outdir.parents, outdir, outdir / "images", outdir / "labels"):
+    for path in (outdir / "images", outdir / "labels"):     # outdir itself: nucseg.outdir
         if path.exists() and not path.is_dir():
             raise InputError(path, "exists and is not a directory")
     if outdir.is_dir() and not os.access(outdir, os.W_OK | os.X_OK):
