@@ -21,8 +21,8 @@ import numpy as np
 from nucseg.data.augment import AugmentOptions
 from nucseg.data.folds import ORGAN_GROUPS, k_folds, organ_fold_name, organ_folds  # noqa: F401
 from nucseg.data.loader import LoaderOptions
+from nucseg.init_weights import HEAD_LAYERS, init_channel_scaling, init_weights  # noqa: F401
 
-HEAD_LAYERS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask")
 LOSS_COLUMNS = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
                 "mrcnn_mask_loss", "l2_loss", "loss")
 CHECKPOINT_RE = re.compile(r"mask_rcnn_(?P<name>.*)_(?P<epoch>\d{4})\.h5$")
@@ -122,35 +122,6 @@ def latest_checkpoint(run_dir) -> tuple[Path, int] | None:
         return None
     epoch, path = max(found)
     return path, epoch
-
-
-def init_weights(model, config, init, exclude=()) -> dict:
-    """Load starting weights (a Matterport HDF5 file, or a run directory's newest checkpoint)
-    by name; the class-specific head layers are excluded automatically when the file was
-    trained for another class count."""
-    from nucseg.mrcnn.weights import load_weights
-    from nucseg.mrcnn.weights_h5 import read_weight_shapes
-
-    from nucseg.models import named
-
-    exclude = list(exclude)
-    shipped = named(init)
-    if shipped is not None:                       # a shipped model, by name
-        init = shipped.weights
-    if Path(init).is_dir():                       # a run directory: its newest checkpoint
-        found = latest_checkpoint(init)
-        if found is None:
-            from nucseg.io import InputError
-
-            raise InputError(init, "no checkpoint mask_rcnn_<name>_<epoch>.h5 in this folder")
-        init = found[0]
-    shapes = read_weight_shapes(init)
-    logits = shapes.get("mrcnn_class_logits") or []
-    if logits and int(logits[0][1][-1]) != int(config.NUM_CLASSES):
-        exclude += [n for n in HEAD_LAYERS if n not in exclude]
-    report = load_weights(model, init, by_name=True, exclude=exclude)
-    return {"path": str(init), "excluded": sorted(set(exclude)),
-            "loaded_layers": len(getattr(report, "loaded", []) or [])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,8 +225,12 @@ def train_run(config, dataset, run_dir, options: TrainOptions, resume: bool = Fa
     from nucseg.data.loader import TrainingLoader
     from nucseg.mrcnn.training import Trainer, build_training_model, make_optimizer, \
         set_trainable
+    from nucseg.mrcnn.graph_layer import bfloat16_slow_here
     from nucseg.mrcnn.weights import load_weights, save_weights
 
+    if options.precision == "mixed_bfloat16" and bfloat16_slow_here():
+        log("warning: this CPU has no bfloat16 instructions (AVX512_BF16/AMX) and no GPU is "
+            "visible: mixed_bfloat16 is emulated and runs slower than float32 here")
     seed = int(options.loader.get("seed", 0))
     keras.utils.set_random_seed(seed)
     model = build_training_model(config, options.precision)
@@ -433,20 +408,6 @@ def parse_epochs(text: str | None) -> list[int] | None:
         return [int(v) for v in str(text).replace(" ", "").split(",") if v != ""]
     except ValueError:
         raise ValueError(f"--epochs takes comma-separated integers, got {text!r}") from None
-
-
-def init_channel_scaling(init):
-    """The channel scaling a fine-tuning run inherits: the shipped model's for `--init NAME`,
-    else the paper's per-image scaling."""
-    from nucseg.channels import ChannelScaling
-    from nucseg.models import named
-
-    shipped = named(init) if init not in (None, "", "none", "last") else None
-    if shipped is None:
-        return "per_image"
-    from nucseg.mrcnn.config import Config
-
-    return ChannelScaling.from_config(Config.from_yaml(shipped.config)).as_dict()
 
 
 def train_command(run_dir, images=None, labels=None, hstain=None, distance=None, classes=None,
