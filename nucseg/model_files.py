@@ -113,8 +113,17 @@ def load_model(spec: ModelSpec, batch_size: int = 1, **overrides):
     except (ValueError, OSError) as exc:
         raise InputError(spec.config, f"bad model config ({exc})") from None
     model = MaskRCNN(inference_config(config, batch_size, **overrides))
+    from nucseg.mrcnn.weights import WeightMismatchError
+
     try:
         report = model.load_weights(spec.weights, by_name=True)
+    except InputError:
+        raise
+    except WeightMismatchError as exc:
+        problems = "; ".join(f"{layer}: {problem}" for layer, problem in exc.report.mismatched[:3])
+        raise InputError(spec.weights, f"does not fit the config {spec.config.name}: "
+                                       f"{len(exc.report.mismatched)} layer(s) differ, e.g. "
+                                       f"{problems}") from None
     except (ValueError, OSError, KeyError) as exc:
         raise InputError(spec.weights, f"cannot load weights ({exc})") from None
     missing = list(getattr(report, "missing", [])) + [

@@ -80,10 +80,12 @@ def claim(directory, log=None) -> Iterator[list[Path]]:
             directory.rmdir()       # failed before writing anything: leave no empty folder
 
 
-def same_settings_or_refuse(directory, file_name: str, settings: dict, resume: bool) -> None:
+def same_settings_or_refuse(directory, file_name: str, settings: dict, resume: bool,
+                            write: bool = True) -> None:
     """Keep a resumable command's settings in `directory/file_name`; on --resume refuse
     settings that differ from the first run's, saying exactly what differs (as `train
-    --resume` refuses changed options), so one directory never mixes two option sets."""
+    --resume` refuses changed options), so one directory never mixes two option sets.
+    `write=False` only checks (call again with write=True once the work is sure to start)."""
     import yaml
 
     from nucseg.io import atomic_path
@@ -105,6 +107,8 @@ def same_settings_or_refuse(directory, file_name: str, settings: dict, resume: b
             raise InputError(directory, "--resume with other settings than the first run in "
                                         "this directory (" + "; ".join(diffs) + "); repeat them "
                                         "or write to a new directory")
+        return
+    if not write:
         return
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(settings, sort_keys=True), encoding="utf-8")

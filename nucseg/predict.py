@@ -353,12 +353,13 @@ def predict_from_paths(images, model_paths, ensemble, outdir, opts: PredictOptio
     if distance_model is None and sources.distance_dir is None and shipped \
             and shipped[0].unet_dir is not None:
         distance_model = shipped[0].unet_dir
-    same_settings_or_refuse(outdir, SETTINGS_FILE, {
+    settings = {
         "options": {k: v for k, v in asdict(opts).items() if k not in ("resume", "progress")},
         "models": [sha256(spec.weights) for spec in specs],
         "config_overrides": {k: v for k, v in (config_overrides or {}).items() if v is not None},
         "distance": str(sources.distance_dir or distance_model or ""),
-        "hstain": str(sources.hstain_dir or "")}, opts.resume)
+        "hstain": str(sources.hstain_dir or "")}
+    same_settings_or_refuse(outdir, SETTINGS_FILE, settings, opts.resume, write=False)
     if opts.resume:
         todo = [p for p in paths if not is_complete(outdir, p.stem, opts)]
         if not todo:
@@ -374,6 +375,7 @@ def predict_from_paths(images, model_paths, ensemble, outdir, opts: PredictOptio
                 and sources.distance_model is None:
             raise ValueError(f"model {detector.name} takes 5 channels (RGB, distance, "
                              "hematoxylin): give --distance-model DIR or --distance-dir DIR")
+    same_settings_or_refuse(outdir, SETTINGS_FILE, settings, opts.resume)   # models loaded
     models = [{"name": s.name, "weights": str(s.weights), "weights_sha256": sha256(s.weights),
                "config": str(s.config),
                "min_confidence": float(d.config.DETECTION_MIN_CONFIDENCE),

@@ -319,3 +319,32 @@ def test_score_makes_no_seen_unseen_split_it_cannot_know(tmp_path, data_dir):
     assert data["groups"]["seen"]["organs"] == ["liver"]           # 18-5592 is a liver tile
     assert data["groups"]["unseen"]["organs"] == ["bladder"]
     assert data["seen_organs_from"] == "the model's training record"
+
+
+def test_read_only_output_directory_is_one_error_line(tmp_path, tile, monkeypatch):
+    """The tests run as root, for whom every directory is writable: the permission answer is
+    simulated, the rest is the real path (a non-root user gets the same line)."""
+    import nucseg.outdir
+
+    out = tmp_path / "ro"
+    out.mkdir()
+    real = os.access
+    monkeypatch.setattr(nucseg.outdir.os, "access",
+                        lambda p, mode, **kw: False if os.fspath(p) == os.fspath(out)
+                        and mode & os.W_OK else real(p, mode, **kw))
+    result = invoke("hstain", tile, "-o", out)
+    assert_one_error(result, out, 2, "not writable")
+    assert list(out.iterdir()) == []
+
+
+def test_os_errors_during_work_are_one_line_naming_the_file(tmp_path, tile, monkeypatch):
+    """A full disk or a permission problem mid-command: one line with the file, no traceback."""
+    import nucseg.stain
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "out" / "x.tif"))
+
+    monkeypatch.setattr(nucseg.stain, "hstain_file", full_disk)
+    result = invoke("hstain", tile, "-o", tmp_path / "out")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "No space left on device" in result.output

@@ -205,3 +205,36 @@ def test_init_by_name_fine_tunes_from_the_shipped_weights_and_scaling(installed)
                                   shipped.astype(np.float32))
     with pytest.raises(InputError, match="tiny-test"):
         init_weights(model, config, "no-such-model")
+
+
+def test_weights_that_do_not_fit_the_config_are_refused_for_prediction(packed, tmp_path):
+    """5-channel weights under a 3-channel config used to run on RGB only (PREPROC ignored)."""
+    from nucseg.mrcnn import Config
+
+    _, run = packed
+    shutil.copyfile(run / "mask_rcnn_tiny_0001.h5", tmp_path / "m.h5")
+    config = Config.from_yaml(run / "config.yaml")
+    config.copy(IMAGE_CHANNEL_COUNT=3, MEAN_PIXEL=list(config.MEAN_PIXEL[:3])).to_yaml(
+        tmp_path / "m.yaml")
+    image = tmp_path / "tile.png"
+    write_rgb(image, blob_image((96, 96), 3, seed=2))
+    result = CliRunner().invoke(main, ["predict", str(image), "-m", str(tmp_path / "m.h5"),
+                                       "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'm.h5'}: does not fit")
+    assert "PREPROC" in lines[0] and not (tmp_path / "out").exists()
+
+
+def test_predict_resume_refuses_other_options(installed, tmp_path):
+    image = tmp_path / "tile.png"
+    write_rgb(image, blob_image((96, 96), 3, seed=2))
+    out = tmp_path / "out"
+    first = CliRunner().invoke(main, ["predict", str(image), "-o", str(out)])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(main, ["predict", str(image), "-o", str(out), "--resume"])
+    assert again.exit_code == 0 and "already done" in again.output
+    other = CliRunner().invoke(main, ["predict", str(image), "-o", str(out), "--resume",
+                                      "--min-area", "5"])
+    assert other.exit_code == 2 and "min_area" in other.output and "50" in other.output
+    assert "--resume with other settings" in other.output

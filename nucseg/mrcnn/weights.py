@@ -176,17 +176,15 @@ class WeightMismatchError(ValueError):
 
     def __init__(self, report: LoadReport):
         self.report = report
-        lines = [f"{report.path}: {len(report.mismatched)} layer(s) do not match the model; "
-                 "nothing was loaded:"]
-        lines += [f"  {layer}: {problem}" for layer, problem in report.mismatched[:20]]
-        if len(report.mismatched) > 20:
-            lines.append(f"  ... ({len(report.mismatched) - 20} more)")
-        heads = set(COCO_EXCLUDE)
-        if any(layer in heads for layer, _ in report.mismatched):
-            lines.append("  A different class count? Exclude the class-dependent heads: "
-                         f"exclude={list(COCO_EXCLUDE)} (CLI: --exclude-heads).")
-        lines.append("  Or pass skip_mismatch=True to keep those layers' current values.")
-        super().__init__("\n".join(lines))
+        shown = "; ".join(f"{layer}: {problem}" for layer, problem in report.mismatched[:3])
+        more = f"; and {len(report.mismatched) - 3} more" if len(report.mismatched) > 3 else ""
+        hint = ""
+        if any(layer in set(COCO_EXCLUDE) for layer, _ in report.mismatched):
+            hint = (" (another class count? exclude the class-dependent heads "
+                    f"{', '.join(COCO_EXCLUDE)}: train excludes them itself, `nucseg weights "
+                    "inspect --exclude-heads`, exclude=[...] in Python)")
+        super().__init__(f"{report.path}: {len(report.mismatched)} layer(s) do not match the "
+                         f"model, nothing was loaded: {shown}{more}{hint}")
 
 
 def _pair(model_weights: Sequence[tuple[str, Shape]], file_weights: Sequence[tuple]):
