@@ -18,6 +18,7 @@ import nucseg.models
 from nucseg.cli import main
 from nucseg.io import InputError, write_rgb
 
+from synthetic import write_random_detector_run
 from test_predict import blob_image
 from test_unet import saved_model
 
@@ -26,21 +27,11 @@ from test_unet import saved_model
 def packed(tmp_path_factory):
     """A random-weight 5-channel ResNet-50 model with a width-4 U-Net, packed as 'tiny-test'
     into a models folder of its own; returns (models_dir, float32 run dir)."""
-    from nucseg.mrcnn import Config, MaskRCNN
     from nucseg.models.pack import pack_model
 
     root = tmp_path_factory.mktemp("models")
-    config = Config.preset("paper", IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64,
-                           DETECTION_MAX_INSTANCES=150, POST_NMS_ROIS_INFERENCE=100,
-                           PRE_NMS_LIMIT=500, CHANNEL_SCALING="fixed")
     run = root / "run"
-    run.mkdir()
-    model = MaskRCNN(config.copy(GPU_COUNT=1, IMAGES_PER_GPU=1))
-    logits = model.keras_model.get_layer("mrcnn_class_logits")
-    kernel, bias = logits.get_weights()
-    logits.set_weights([kernel * 0, bias + [0, 5]])      # every ROI a confident nucleus
-    model.save_weights(run / "mask_rcnn_tiny_0001.h5")
-    config.to_yaml(run / "config.yaml")
+    write_random_detector_run(run, name="tiny", epoch=1, CHANNEL_SCALING="fixed")
     unet = root / "unet"
     unet.mkdir()
     saved_model(unet)

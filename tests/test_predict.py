@@ -20,6 +20,8 @@ from nucseg.predict import (PredictOptions, image_members, merge_from_paths, pre
 from nucseg.tiling import detect_tiled, plan_tiles
 from nucseg.tta import View, make_views
 
+from synthetic import write_random_detector_run
+
 
 class BlobDetector:
     """Stand-in detector: dark connected blobs; translation- and flip-equivariant.
@@ -308,19 +310,8 @@ def test_fixed_channel_scaling_gives_a_nucleus_the_same_input_in_any_tile(tmp_pa
 def test_command_line_end_to_end_on_a_tiny_random_model(tmp_path, images):
     """ResNet-50 Mask R-CNN+ (5 channels) with random weights: predict with TTA, a bad image in
     the batch, members kept; merge them later; --resume then loads no model."""
-    from nucseg.mrcnn import Config, MaskRCNN
-
-    config = Config.preset("paper", IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64,
-                           DETECTION_MAX_INSTANCES=150, POST_NMS_ROIS_INFERENCE=100,  # < max
-                           PRE_NMS_LIMIT=500, DETECTION_MIN_CONFIDENCE=0.0)
     run = tmp_path / "run"
-    run.mkdir()
-    model = MaskRCNN(config.copy(GPU_COUNT=1, IMAGES_PER_GPU=1))
-    logits = model.keras_model.get_layer("mrcnn_class_logits")
-    kernel, bias = logits.get_weights()
-    logits.set_weights([kernel * 0, bias + [0, 5]])      # every ROI a confident nucleus
-    model.save_weights(run / "mask_rcnn_paper_0005.h5")
-    config.to_yaml(run / "config.yaml")
+    write_random_detector_run(run, DETECTION_MIN_CONFIDENCE=0.0)
     dist_dir = tmp_path / "dist"
     for p in images:
         write_float_map(dist_dir / f"{p.stem}_dist.tif", np.ones((160, 200), np.float32))
