@@ -1,0 +1,142 @@
+"""Tune and measure a model for shipping: thresholds chosen on its training tiles, its scores
+beside the classical baseline, and what `nucseg predict` costs per tile.
+
+    python bench/shipped_model.py --model RUN_OR_NAME --unet UNET_DIR \\
+        --images data/all/images --labels data/all/labels --out eval/ [--tta] \\
+        [--write-thresholds thresholds.yaml]
+
+Steps (all through nucseg's own functions, as the commands run them):
+1. distance maps of the tiles from the U-Net (`--distance-dir` skips this);
+2. one pass at the lowest candidate confidence, members kept; `nucseg score --min-score T` for
+   each candidate T (dropping weaker nuclei equals detecting at T for one model);
+3. with `--tta`: the four TTA members of every tile, merged at each (min_members,
+   mask_threshold) candidate, at the chosen T;
+4. the classical baseline (`nucseg baseline`) on the same tiles;
+5. the table: AJI, PQ, DQ, SQ (means over tiles) per setting, the chosen ones marked, and the
+   per-tile rows of the chosen setting and the baseline.
+The settings chosen here are chosen on the tiles given: give training tiles, never the tiles a
+reported figure comes from. Exit 0.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+METRICS = ("aji", "pq", "dq", "sq")
+
+
+def mean_line(name: str, result: dict, mark: str = "") -> str:
+    mean = result["mean"]
+    return f"{name:44s} " + " ".join(f"{mean[m]:.3f}" for m in METRICS) + f"  {mark}"
+
+
+def per_tile(result: dict) -> dict:
+    return {row["image"]: row for row in result["per_image"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="run directory, .h5 or shipped name")
+    parser.add_argument("--unet", help="distance U-Net directory (5-channel models)")
+    parser.add_argument("--distance-dir", help="existing <stem>_dist.tif maps instead")
+    parser.add_argument("--images", required=True)
+    parser.add_argument("--labels", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--min-scores", default="0.5,0.6,0.7,0.8")
+    parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--members", default="1,2,3")
+    parser.add_argument("--mask-thresholds", default="0.5,0.7")
+    parser.add_argument("--write-thresholds", help="write the chosen settings to this YAML")
+    args = parser.parse_args()
+
+    import yaml
+
+    from nucseg.baseline import baseline_file
+    from nucseg.channels import ChannelSources
+    from nucseg.io import expand_inputs
+    from nucseg.predict import PredictOptions, merge_from_paths, predict_from_paths
+    from nucseg.scoring import score_directories
+
+    out = Path(args.out)
+    thresholds = sorted(float(t) for t in args.min_scores.split(","))
+    t0 = time.perf_counter()
+    dist_dir = args.distance_dir
+    if dist_dir is None and args.unet:
+        from nucseg.unet import load_unet
+        from nucseg.unet.predict import predict_file
+
+        dist_dir = out / "dist"
+        unet = load_unet(args.unet)
+        for image in expand_inputs([args.images]):
+            if not (dist_dir / f"{image.stem}_dist.tif").is_file():
+                predict_file(image, unet, dist_dir, 1024, 64)
+    print(f"distance maps: {time.perf_counter() - t0:.0f} s", flush=True)
+
+    sources = ChannelSources(distance_dir=Path(dist_dir) if dist_dir else None)
+    one = out / "one_pass"
+    t0 = time.perf_counter()
+    predict_from_paths([args.images], [args.model], None, one,
+                       PredictOptions(progress=False, resume=True), sources,
+                       {"DETECTION_MIN_CONFIDENCE": thresholds[0]}, log=lambda m: None)
+    seconds_one = time.perf_counter() - t0
+    rows = {}
+    for t in thresholds:
+        rows[("one pass", t)], _ = score_directories(args.labels, one, progress=False,
+                                                     min_score=t)
+    best_t = max(thresholds, key=lambda t: (rows[("one pass", t)]["mean"]["aji"], t))
+    print(f"one pass: {seconds_one:.0f} s for the tiles; chosen min score {best_t}")
+
+    best_tta = None
+    if args.tta:
+        members_dir = out / "tta_members"
+        predict_from_paths([args.images], [args.model], None, members_dir,
+                           PredictOptions(tta=True, keep_members=True, progress=False,
+                                          resume=True), sources,
+                           {"DETECTION_MIN_CONFIDENCE": best_t}, log=lambda m: None)
+        member_files = sorted(members_dir.glob("*_member*.npz"))
+        for k in (int(v) for v in args.members.split(",")):
+            for mask in (float(v) for v in args.mask_thresholds.split(",")):
+                merged = out / f"tta_{k}_{mask}"
+                merge_from_paths(member_files, merged, PredictOptions(
+                    tta=True, min_members=k, mask_threshold=mask, progress=False),
+                    args.images, sources)
+                rows[("tta", k, mask)], _ = score_directories(args.labels, merged,
+                                                              progress=False)
+        best_tta = max((key for key in rows if key[0] == "tta"),
+                       key=lambda key: rows[key]["mean"]["aji"])
+
+    base_dir = out / "baseline"
+    for image in expand_inputs([args.images]):
+        if not (base_dir / f"{image.stem}_labels.tif").is_file():
+            baseline_file(image, base_dir)
+    baseline, _ = score_directories(args.labels, base_dir, progress=False)
+
+    print(f"\n{'setting (means over tiles)':44s} AJI   PQ    DQ    SQ")
+    for key, result in rows.items():
+        name = f"one pass, min score {key[1]}" if key[0] == "one pass" else \
+            f"TTA, min members {key[1]}, mask threshold {key[2]}"
+        chosen = key == ("one pass", best_t) or key == best_tta
+        print(mean_line(name, result, "<- chosen" if chosen else ""))
+    print(mean_line("classical baseline (nucseg baseline)", baseline))
+    chosen = rows[("one pass", best_t)]
+    print(f"\nper tile, one pass at {best_t} | baseline:  AJI PQ DQ SQ")
+    base_rows = per_tile(baseline)
+    for image, row in sorted(per_tile(chosen).items()):
+        other = base_rows[image]
+        print(f"  {image}: " + " ".join(f"{row[m]:.3f}" for m in METRICS) + " | "
+              + " ".join(f"{other[m]:.3f}" for m in METRICS))
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if args.write_thresholds:
+        settings = {"min_confidence": best_t}
+        if best_tta:
+            settings.update(min_members=best_tta[1], mask_threshold=best_tta[2])
+        Path(args.write_thresholds).write_text(yaml.safe_dump(settings))
+        print(f"wrote {args.write_thresholds}: {settings}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
