@@ -1,0 +1,481 @@
+"""Peer benchmark: StarDist 0.9.x trained from scratch on MoNuSeg 2018 (Kumar split), on CPU.
+
+StarDist is the tool a user would most likely pick instead of nucseg. This script measures it
+on the same data and with the same metric code as the nucseg benchmarks (bench/train_monuseg.py),
+so its figures can be put beside the nucseg model's:
+
+1. train a StarDist2D model from scratch on the 16 training tiles of the Kumar split
+   (metadata.csv `split_hovernet_kumar == "train"`) for a wall-clock budget;
+2. optimise its probability / NMS thresholds with StarDist's own `optimize_thresholds` on
+   `--tune-tiles` training tiles (the first ones in metadata order, as train_monuseg.py tunes);
+3. predict the 14 held-out tiles (test_same_organ + test_diff_organ; `--eval-tiles N` takes the
+   first N in metadata order, the same tiles train_monuseg.py takes);
+4. score every tile with nucseg.metrics.score_pair (AJI, AJI+, PQ, DQ, SQ, Dice, Dice2) against
+   the label PNGs, and print the per-tile table, the mean, organ and seen/unseen means (the
+   table `nucseg score --format table` prints) and the predict time per 1000x1000 tile.
+
+The recipe is StarDist's own 2D training notebook (examples/2D/2_training.ipynb; StarDist has
+no separate H&E training notebook for the 0.9 package: its CoNIC H&E notebooks need a custom
+branch), with RGB input: Config2D(n_rays=32, grid=(2,2), n_channel_in=3) as the notebook sets
+it, every other setting at its 0.9 default (U-Net depth 3 / 32 filters, 256x256
+patches, batch 4, Adam 3e-4, 100 steps per epoch, loss weights (1, 0.2), ReduceLROnPlateau
+factor 0.5 / patience 40, keep the weights of the best validation loss); inputs normalised per
+image with csbdeep's `normalize(x, 1, 99.8)` over each channel separately (the notebook's
+`axis_norm = (0,1)`; `--norm joint` normalises the three channels together); label holes
+filled (`fill_label_holes`); the notebook's augmentation: a random one of the 8 flips /
+90-degree rotations, a random intensity scale in [0.6, 2] and shift in [-0.2, 0.2], Gaussian
+noise of sigma in [0, 0.02] (`--augment fliprot`: flips / rotations only). Training stops at the
+budget (checked after every step; the partial epoch is still validated) or after 400 epochs.
+Prediction: `predict_instances` with the tuned thresholds and the notebook's
+`n_tiles=model._guess_n_tiles(x)`. TensorBoard logging is off (it only costs time).
+
+By default all 16 tiles are trained on, and the tuning tiles (which are also StarDist's
+validation images for its learning-rate schedule and best-weights checkpoint) are 3 of them,
+as nucseg trains on all 16; `--holdout-tune` keeps them out of training instead (13 training
+tiles), the notebook's train/validation split.
+
+StarDist 0.9.2 / csbdeep 0.8.2 run on TensorFlow 2.16+ with Keras 2 (`tf-keras`, selected by
+TF_USE_LEGACY_KERAS=1; csbdeep warns that this "might work, but is not regularly tested") or
+with Keras 3. `--keras 2` (tf-keras) is the default: in a short test here it trained about 1.4x
+faster per step than Keras 3 and predicted faster, with the same losses over the first steps
+for the same seed; `--keras 3` is the other choice. Either way StarDist and its stack
+(tf-keras, csbdeep, numba) stay out of nucseg's environment: it runs in a virtual environment
+of its own, as a subprocess. This script (normal python3, with nucseg) writes the tiles as
+.npy files (the held-out tiles' labels are never given to StarDist), writes a small worker
+program into the output directory and runs it with the venv's python; the worker writes the
+model, one `<tile>_labels.npy` label map per held-out tile and a JSON record; this script then
+scores the label maps. Only plain files are exchanged (no pickles).
+
+Create the venv once (CPU only, about 2.7 GB, outside the repository; the pip line pins the
+versions this script was checked with):
+
+    python3 -m venv /work/venvs/stardist
+    /work/venvs/stardist/bin/pip install "stardist==0.9.2" "tensorflow==2.21.0" "tf-keras==2.21.0"
+
+Run (from the repository; the data default is ../shared/data/monuseg2018):
+
+    python bench/peer_stardist.py --budget-minutes 60                 # the full figure
+    python bench/peer_stardist.py --budget-minutes 3 --eval-tiles 2   # smoke test
+    python bench/peer_stardist.py --budget-minutes 60 --out runs/stardist60 --seed 1
+
+The output directory keeps the model (`model/stardist_he/`: config.json, weights_best.h5,
+thresholds.json), the label maps (`pred/`), `scores.csv` (nucseg's per-image score CSV, which
+`nucseg compare` reads, e.g. against a `nucseg score --format csv` table of nucseg's own
+predictions of the same tiles), `scores.json`, the worker's record and logs. Times are
+wall-clock on this machine (2 cores): another job running at the same time slows training
+(fewer steps in the budget) and prediction; the output prints the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "monuseg2018"
+DEFAULT_VENV = Path("/work/venvs/stardist")
+VENV_HINT = ('python3 -m venv {venv} && {venv}/bin/pip install "stardist==0.9.2" '
+             '"tensorflow==2.21.0" "tf-keras==2.21.0"')
+
+# The program run inside the StarDist venv. It reads one JSON job file and writes only files:
+# the model (StarDist's own format), <tile>_labels.npy per predicted tile, result.json.
+WORKER = r'''
+import json, os, random, sys, time
+from pathlib import Path
+
+job = json.loads(Path(sys.argv[1]).read_text())
+import numpy as np
+import tensorflow as tf
+import csbdeep, stardist
+from csbdeep.utils import normalize
+from csbdeep.utils.tf import keras_import, IS_KERAS_3_PLUS
+from stardist import calculate_extents, fill_label_holes
+from stardist.models import Config2D, StarDist2D
+
+keras = keras_import()
+Callback = keras_import("callbacks", "Callback")
+if IS_KERAS_3_PLUS:
+    keras_version = "keras " + keras.__version__
+else:
+    import tf_keras
+    keras_version = "tf-keras " + tf_keras.__version__
+
+seed = job["seed"]
+random.seed(seed)
+np.random.seed(seed)
+keras.utils.set_random_seed(seed)
+
+AXIS_NORM = (0, 1) if job["norm"] == "channel" else (0, 1, 2)
+
+
+def load(path):
+    return np.load(path, allow_pickle=False)
+
+
+def prepare(image):
+    return normalize(image, 1, 99.8, axis=AXIS_NORM)
+
+
+def dihedral(x, y):
+    """One of the 8 flips / 90-degree rotations, the same for image and labels."""
+    k = np.random.randint(4)
+    x, y = np.rot90(x, k, axes=(0, 1)), np.rot90(y, k, axes=(0, 1))
+    if np.random.rand() < 0.5:
+        x, y = x[:, ::-1], y[:, ::-1]
+    return x, y
+
+
+def augment_notebook(x, y):
+    x, y = dihedral(x, y)
+    x = x * np.random.uniform(0.6, 2.0) + np.random.uniform(-0.2, 0.2)
+    x = x + np.random.uniform(0.0, 0.02) * np.random.normal(0.0, 1.0, x.shape)
+    return x, y
+
+
+AUGMENTERS = {"notebook": augment_notebook, "fliprot": dihedral}
+
+
+class Budget(Callback):
+    """Stops training once the wall-clock budget is spent; prints progress."""
+
+    def __init__(self, budget_s, every):
+        super().__init__()
+        self.budget_s, self.every = budget_s, every
+        self.t0 = time.perf_counter()
+        self.steps, self.epochs, self.history, self.stopped = 0, 0, [], False
+        self.first_step_s, self.step_started = None, None
+        self.console = sys.stdout
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.step_started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        now = time.perf_counter()
+        if self.first_step_s is None:
+            self.first_step_s = now - self.step_started
+        if self.steps % self.every == 0:
+            loss = float((logs or {}).get("loss", float("nan")))
+            print(f"  step {self.steps}: loss {loss:.4f}, {now - self.t0:.0f} s elapsed",
+                  file=self.console, flush=True)
+        if now - self.t0 >= self.budget_s and not self.stopped:
+            self.stopped = True
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs = epoch + 1
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        self.history.append({"epoch": epoch + 1, "steps": self.steps, **logs})
+        print(f"  epoch {epoch + 1} ({self.steps} steps, {time.perf_counter() - self.t0:.0f} s):"
+              f" loss {logs.get('loss', float('nan')):.4f}, "
+              f"val_loss {logs.get('val_loss', float('nan')):.4f}", file=self.console,
+              flush=True)
+
+
+out = Path(job["out"])
+X = [prepare(load(p)) for p in job["train_images"]]
+Y = [fill_label_holes(load(p)) for p in job["train_labels"]]
+X_tune = [prepare(load(p)) for p in job["tune_images"]]
+Y_tune = [fill_label_holes(load(p)) for p in job["tune_labels"]]
+
+config = Config2D(n_rays=32, grid=(2, 2), n_channel_in=3, use_gpu=False,
+                  train_patch_size=(256, 256), train_tensorboard=False,
+                  train_epochs=job["max_epochs"], train_steps_per_epoch=job["steps_per_epoch"])
+model = StarDist2D(config, name="stardist_he", basedir=str(out / "model"))
+median_size = [float(v) for v in calculate_extents(Y, np.median)]
+fov = [float(v) for v in model._axes_tile_overlap("YX")]
+print(f"StarDist {stardist.__version__}, csbdeep {csbdeep.__version__}, TensorFlow "
+      f"{tf.__version__}, {keras_version}; median nucleus extent {median_size} px, network "
+      f"field of view {fov} px", flush=True)
+
+model.prepare_for_training()
+budget = Budget(job["budget_s"], job["progress_every"])
+model.callbacks.append(budget)
+# StarDist trains with Keras's progress bar (verbose=1): send it to a file, keep our lines
+console = sys.stdout
+with open(out / "keras_progress.log", "w") as keras_log:
+    sys.stdout = keras_log
+    budget.console = console
+    budget.t0 = time.perf_counter()
+    try:
+        model.train(X, Y, validation_data=(X_tune, Y_tune),
+                    augmenter=AUGMENTERS[job["augment"]], seed=seed)
+        # ends in StarDist's _training_finished, which loads weights_best.h5
+    finally:
+        sys.stdout = console
+train_s = time.perf_counter() - budget.t0
+val = np.array([np.nan if h.get("val_loss") is None else h["val_loss"]
+                for h in budget.history], dtype=float)
+best_epoch = int(np.nanargmin(val)) + 1 if np.isfinite(val).any() else None
+
+t0 = time.perf_counter()
+tune_error = None
+try:
+    thresholds = model.optimize_thresholds(X_tune, Y_tune)
+except Exception as exc:  # e.g. a barely trained model; say so, keep StarDist's defaults
+    tune_error = f"{type(exc).__name__}: {exc}"
+    thresholds = {"prob": float(model.thresholds.prob), "nms": float(model.thresholds.nms)}
+    print(f"optimize_thresholds failed ({tune_error}); using {thresholds}", flush=True)
+tune_s = time.perf_counter() - t0
+
+# warm-up (graph tracing) on a tuning tile, untimed
+model.predict_instances(X_tune[0], n_tiles=model._guess_n_tiles(X_tune[0]),
+                        show_tile_progress=False)
+pred_dir = out / "pred"
+pred_dir.mkdir(parents=True, exist_ok=True)
+tiles = []
+for name, path in zip(job["test_names"], job["test_images"]):
+    image = load(path)
+    t = time.perf_counter()
+    x = prepare(image)
+    n_tiles = model._guess_n_tiles(x)
+    labels, details = model.predict_instances(x, n_tiles=n_tiles, show_tile_progress=False)
+    seconds = time.perf_counter() - t
+    np.save(pred_dir / f"{name}_labels.npy", labels.astype(np.int32))
+    tiles.append({"image": name, "seconds": seconds, "shape": list(image.shape[:2]),
+                  "n_tiles": [int(v) for v in n_tiles], "n_pred": int(len(details["prob"]))})
+    print(f"  {name}: {seconds:.1f} s, {len(details['prob'])} nuclei", flush=True)
+
+result = {
+    "versions": {"stardist": stardist.__version__, "csbdeep": csbdeep.__version__,
+                 "tensorflow": tf.__version__, "keras": keras_version,
+                 "numpy": np.__version__, "python": sys.version.split()[0]},
+    "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
+    "median_extent": median_size, "field_of_view": fov,
+    "train_s": train_s, "steps": budget.steps, "epochs": budget.epochs,
+    "stopped_by_budget": budget.stopped, "first_step_s": budget.first_step_s,
+    "history": budget.history, "best_epoch": best_epoch,
+    "thresholds": {k: float(v) for k, v in dict(thresholds).items()},
+    "tune_s": tune_s, "tune_error": tune_error, "tiles": tiles,
+}
+tmp = out / "result.json.tmp"
+tmp.write_text(json.dumps(result, indent=1))
+tmp.replace(out / "result.json")
+'''
+
+
+def kumar_split(data: Path):
+    with open(data / "metadata.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    train = [r["id"] for r in rows if r["split_hovernet_kumar"] == "train"]
+    test = [r["id"] for r in rows if r["split_hovernet_kumar"] in ("test_same_organ",
+                                                                   "test_diff_organ")]
+    return train, test
+
+
+def write_inputs(data: Path, inputs: Path, names, with_labels: bool):
+    """The tiles as .npy (uint8 RGB; labels int32), read by nucseg's own readers."""
+    from nucseg.io import read_labels, read_rgb
+
+    inputs.mkdir(parents=True, exist_ok=True)
+    images, labels = [], []
+    for name in names:
+        images.append(inputs / f"{name}_image.npy")
+        if not images[-1].exists():
+            np.save(images[-1], read_rgb(data / "images" / f"{name}.tif"))
+        if with_labels:
+            labels.append(inputs / f"{name}_gt.npy")
+            if not labels[-1].exists():
+                np.save(labels[-1], read_labels(data / "labels" / f"{name}.png"))
+    return [str(p) for p in images], [str(p) for p in labels]
+
+
+def worker_env(keras: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2", MPLBACKEND="Agg",
+               TF_USE_LEGACY_KERAS="1" if keras == "2" else "0", PYTHONUNBUFFERED="1",
+               PYTHONNOUSERSITE="1")
+    return env
+
+
+def run_worker(python: Path, job_path: Path, log_path: Path, env: dict) -> int:
+    """Run the worker; its stdout is echoed, its stderr (TF noise, warnings) goes to the log."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([str(python), str(job_path.parent / "stardist_worker.py"),
+                                 str(job_path)], stdout=subprocess.PIPE, stderr=log, text=True,
+                                env=env, cwd=job_path.parent)
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            log.write(line)
+        return proc.wait()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV,
+                        help="virtual environment with stardist (default %(default)s)")
+    parser.add_argument("--budget-minutes", type=float, default=60.0,
+                        help="training wall-clock budget (default %(default)s)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="MoNuSeg 2018 folder with metadata.csv, images/, labels/ "
+                             "(default ../shared/data/monuseg2018 beside the repository)")
+    parser.add_argument("--out", type=Path,
+                        help="output directory; keeps the model (default: a new temp dir)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tune-tiles", type=int, default=3,
+                        help="training tiles for optimize_thresholds (and StarDist's "
+                             "validation images; default %(default)s)")
+    parser.add_argument("--eval-tiles", type=int, default=0,
+                        help="held-out tiles to predict, first N in metadata order (0 = all 14)")
+    parser.add_argument("--holdout-tune", action="store_true",
+                        help="do not train on the tuning tiles (the notebook's train/validation "
+                             "split) instead of training on all 16")
+    parser.add_argument("--keras", choices=("2", "3"), default="2",
+                        help="run StarDist on tf-keras (2, default) or Keras 3")
+    parser.add_argument("--norm", choices=("channel", "joint"), default="channel",
+                        help="percentile normalisation per channel (the notebook's default) or "
+                             "over the three channels together")
+    parser.add_argument("--augment", choices=("notebook", "fliprot"), default="notebook",
+                        help="the notebook's augmentation (flips/rotations, intensity, noise) or "
+                             "flips/rotations only")
+    parser.add_argument("--steps-per-epoch", type=int, default=100,
+                        help="StarDist's train_steps_per_epoch (default %(default)s)")
+    parser.add_argument("--max-epochs", type=int, default=400,
+                        help="StarDist's train_epochs, if the budget lasts (default %(default)s)")
+    parser.add_argument("--progress-every", type=int, default=25,
+                        help="print a progress line every N training steps")
+    parser.add_argument("--seen-organs", default="breast,kidney,liver,prostate",
+                        help="organs of the training tiles, for the seen/unseen means")
+    args = parser.parse_args()
+
+    from nucseg import __version__ as nucseg_version
+    from nucseg.io import read_labels
+    from nucseg.metrics import score_pair
+    from nucseg.score_formats import to_csv, to_json, to_table
+    from nucseg.scoring import organ_table, summarize
+
+    python = args.venv / "bin" / "python"
+    if not python.exists():
+        sys.exit(f"error: {python}: no StarDist venv; create it with\n  "
+                 + VENV_HINT.format(venv=args.venv))
+    data = args.data.resolve()
+    if not (data / "metadata.csv").is_file():
+        sys.exit(f"error: {data / 'metadata.csv'}: not found (pass --data)")
+    train, test = kumar_split(data)
+    if not train or not test:
+        sys.exit(f"error: {data / 'metadata.csv'}: no Kumar split (split_hovernet_kumar)")
+    most = len(train) - (1 if args.holdout_tune else 0)
+    if not 1 <= args.tune_tiles <= most:
+        sys.exit(f"error: --tune-tiles must be 1..{most}")
+    tune = train[:args.tune_tiles]
+    fit = train[args.tune_tiles:] if args.holdout_tune else train
+    evaluate = test[:args.eval_tiles] if args.eval_tiles > 0 else test
+
+    out = (args.out or Path(tempfile.mkdtemp(prefix="peer_stardist_"))).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "result.json").exists() or (out / "model").exists():
+        sys.exit(f"error: {out}: holds an earlier run (result.json / model); pick another --out")
+    load = os.getloadavg()
+    print(f"peer benchmark: StarDist on MoNuSeg 2018, Kumar split; nucseg {nucseg_version} "
+          f"metrics; python {platform.python_version()}; {os.cpu_count()} CPUs, load average "
+          f"{load[0]:.2f} at start")
+    print(f"training tiles: {len(fit)}{' (tuning tiles held out)' if args.holdout_tune else ''};"
+          f" tuning (optimize_thresholds) on {len(tune)} training tiles: {', '.join(tune)}; "
+          f"held-out tiles predicted: {len(evaluate)} of {len(test)}")
+    print(f"budget {args.budget_minutes:g} min of training; seed {args.seed}; keras "
+          f"{args.keras}; normalisation {args.norm}; augmentation {args.augment}; output {out}")
+
+    inputs = out / "inputs"
+    fit_x, fit_y = write_inputs(data, inputs, fit, True)
+    tune_x, tune_y = write_inputs(data, inputs, tune, True)
+    test_x, _ = write_inputs(data, inputs, evaluate, False)
+    job = {"out": str(out), "seed": args.seed, "norm": args.norm, "augment": args.augment,
+           "budget_s": args.budget_minutes * 60.0, "steps_per_epoch": args.steps_per_epoch,
+           "max_epochs": args.max_epochs, "progress_every": max(1, args.progress_every),
+           "train_images": fit_x, "train_labels": fit_y, "tune_images": tune_x,
+           "tune_labels": tune_y, "test_names": evaluate, "test_images": test_x}
+    job_path = out / "job.json"
+    job_path.write_text(json.dumps(job, indent=1))
+    (out / "stardist_worker.py").write_text(WORKER.lstrip())
+
+    t0 = time.perf_counter()
+    rc = run_worker(python, job_path, out / "worker.log", worker_env(args.keras))
+    wall = time.perf_counter() - t0
+    if rc != 0 or not (out / "result.json").exists():
+        tail = (out / "worker.log").read_text(errors="replace").splitlines()[-25:]
+        print("\n".join(tail), file=sys.stderr)
+        sys.exit(f"error: StarDist worker failed (exit {rc}); log: {out / 'worker.log'}")
+    res = json.loads((out / "result.json").read_text())
+    shutil.rmtree(inputs, ignore_errors=True)
+
+    organs = organ_table(data / "metadata.csv")
+    rows = []
+    for tile in res["tiles"]:
+        gt = read_labels(data / "labels" / f"{tile['image']}.png")
+        pred = np.load(out / "pred" / f"{tile['image']}_labels.npy", allow_pickle=False)
+        rows.append({"image": tile["image"], **score_pair(gt, pred)})
+    result = summarize(rows, {r["image"]: organs[r["image"]] for r in rows},
+                       [o for o in args.seen_organs.split(",") if o.strip()])
+    (out / "scores.csv").write_text(to_csv(result))
+    (out / "scores.json").write_text(to_json(result))
+
+    v, cfg = res["versions"], res["config"]
+    steps, train_s = res["steps"], res["train_s"]
+    print()
+    print(f"StarDist {v['stardist']}, csbdeep {v['csbdeep']}, TensorFlow {v['tensorflow']}, "
+          f"{v['keras']}, numpy {v['numpy']} (venv {args.venv}, CPU only)")
+    print(f"recipe: n_rays {cfg['n_rays']}, grid {tuple(cfg['grid'])}, patch "
+          f"{tuple(cfg['train_patch_size'])}, batch {cfg['train_batch_size']}, lr "
+          f"{cfg['train_learning_rate']:g}, U-Net depth {cfg['unet_n_depth']} / "
+          f"{cfg['unet_n_filter_base']} filters; normalize 1/99.8 "
+          f"({'per channel' if args.norm == 'channel' else 'channels jointly'}); augmentation "
+          f"{args.augment}; median nucleus extent {res['median_extent']} px, field of view "
+          f"{res['field_of_view']} px")
+    epochs_note = (f"{res['epochs']} epochs of {cfg['train_steps_per_epoch']} steps"
+                   + (" (the last one partial)" if res["stopped_by_budget"]
+                      and steps % cfg["train_steps_per_epoch"] else ""))
+    print(f"training: {steps} steps = {epochs_note} in {train_s / 60:.1f} min "
+          f"({'stopped by the budget' if res['stopped_by_budget'] else 'all epochs done'}); "
+          f"{train_s / max(steps, 1):.2f} s/step overall (first step "
+          f"{res['first_step_s'] or 0:.1f} s, with tracing); "
+          f"{steps * cfg['train_batch_size']} patches seen")
+    if res["history"]:
+        first, last = res["history"][0], res["history"][-1]
+        nan = float("nan")
+        print(f"  loss {first.get('loss', nan):.4f} -> {last.get('loss', nan):.4f}"
+              f", val_loss {first.get('val_loss', nan):.4f} -> "
+              f"{last.get('val_loss', nan):.4f}; weights used: best val_loss, epoch "
+              f"{res['best_epoch']} (StarDist's checkpoint)")
+    th = res["thresholds"]
+    if res["tune_error"]:
+        print(f"thresholds: optimize_thresholds FAILED ({res['tune_error']}); StarDist's "
+              f"defaults used: prob {th['prob']:.3f}, nms {th['nms']:.2f}")
+    else:
+        print(f"thresholds (optimize_thresholds on {len(tune)} training tiles, "
+              f"{res['tune_s']:.0f} s): prob {th['prob']:.3f}, nms {th['nms']:.2f}")
+    print(f"worker wall time {wall / 60:.1f} min; load average now "
+          f"{os.getloadavg()[0]:.2f}")
+    print()
+    print(f"held-out tiles, scored with nucseg.metrics.score_pair:")
+    print(to_table(result), end="")
+    times = np.array([t["seconds"] for t in res["tiles"]])
+    shapes = sorted({"x".join(str(s) for s in t["shape"]) for t in res["tiles"]})
+    print()
+    print(f"predict time per tile ({', '.join(shapes)} px; normalize + predict_instances with "
+          f"n_tiles {tuple(res['tiles'][0]['n_tiles'][:2])}, after a warm-up): "
+          f"mean {times.mean():.1f} s, median {np.median(times):.1f} s, "
+          f"min {times.min():.1f} s, max {times.max():.1f} s")
+    for t in res["tiles"]:
+        print(f"  {t['image']}  {t['seconds']:6.1f} s")
+    m = result["mean"]
+    print(f"StarDist held-out mean over {len(rows)} tiles: AJI {m['aji']:.4f}, PQ {m['pq']:.4f},"
+          f" DQ {m['dq']:.4f}, SQ {m['sq']:.4f} after {train_s / 60:.0f} min / {steps} steps "
+          f"of training; {np.median(times):.1f} s per tile (median)")
+    print(f"per-image scores: {out / 'scores.csv'} (nucseg compare reads it); model: "
+          f"{out / 'model' / 'stardist_he'}")
+
+
+if __name__ == "__main__":
+    main()
