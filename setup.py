@@ -26,6 +26,8 @@ setup(
         "albumentations>=2.0,<2.1",
         "tifffile>=2023.1",
         "imagecodecs>=2023.1",
+        "openslide-python>=1.4",      # whole-slide images (nucseg.slides)
+        "openslide-bin>=4.0",         # the OpenSlide library itself, as a wheel
         "Pillow>=10.0",
         "h5py>=3.8",
         "click>=8.1",

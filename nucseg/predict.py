@@ -229,8 +229,11 @@ def predict_image(image_path, detectors, outdir, opts: PredictOptions,
 
 def predict_images(image_paths, detectors, outdir, opts: PredictOptions,
                    sources: ChannelSources | None = None, models: list | None = None,
-                   log=print) -> tuple[list[str], int]:
-    """Predict a batch; a bad image is reported and skipped. Returns (failures, skipped)."""
+                   log=print, slide_opts=None) -> tuple[list[str], int]:
+    """Predict a batch of tiles and slides (nucseg.slides: read in blocks); a bad image is
+    reported and skipped. Returns (failures, skipped)."""
+    from nucseg.slides import is_done, is_slide, predict_slide
+
     image_paths = [Path(p) for p in image_paths]
     if not detectors:
         raise ValueError("no model: give -m MODEL or --ensemble RUN_DIR")
@@ -241,13 +244,14 @@ def predict_images(image_paths, detectors, outdir, opts: PredictOptions,
                          "overwrite each other")
     todo = image_paths
     if opts.resume:
-        todo = [p for p in image_paths if not is_complete(outdir, p.stem, opts)]
+        todo = [p for p in image_paths if not is_done(outdir, p, opts)]
         if len(todo) < len(image_paths):
             log(f"resume: {len(image_paths) - len(todo)} of {len(image_paths)} images already "
                 "done")
-    failures = run_batch(todo, lambda p: predict_image(p, detectors, outdir, opts, sources,
-                                                       models),
-                         desc="predict", progress=opts.progress)
+    failures = run_batch(todo, lambda p: (
+        predict_slide(p, detectors, outdir, opts, sources, models, slide_opts) if is_slide(p)
+        else predict_image(p, detectors, outdir, opts, sources, models)),
+        desc="predict", progress=opts.progress)
     return failures, len(image_paths) - len(todo)
 
 
@@ -329,14 +333,15 @@ SETTINGS_FILE = "predict_settings.yaml"
 
 def predict_from_paths(images, model_paths, ensemble, outdir, opts: PredictOptions,
                        sources: ChannelSources, config_overrides: dict | None = None,
-                       distance_model=None, log=print) -> tuple[list[str], int]:
+                       distance_model=None, log=print, slide_opts=None) -> tuple[list[str], int]:
     """`nucseg predict`: resolve models, skip finished images (--resume) before loading any
     model, load the models, predict. Returns (failures, number of images)."""
-    from nucseg.io import expand_inputs, sha256
+    from nucseg.io import IMAGE_EXTENSIONS, expand_inputs, sha256
     from nucseg.model_files import ensemble_models, load_model, resolve_model_or_name
     from nucseg.outdir import same_settings_or_refuse
+    from nucseg.slides import SLIDE_EXTENSIONS, is_done, is_slide
 
-    paths = expand_inputs(images)
+    paths = expand_inputs(images, IMAGE_EXTENSIONS + SLIDE_EXTENSIONS)
     if not paths:
         raise ValueError("no input images")
     if not model_paths and not ensemble:
@@ -359,9 +364,11 @@ def predict_from_paths(images, model_paths, ensemble, outdir, opts: PredictOptio
         "config_overrides": {k: v for k, v in (config_overrides or {}).items() if v is not None},
         "distance": str(sources.distance_dir or distance_model or ""),
         "hstain": str(sources.hstain_dir or "")}
+    if slide_opts is not None and any(is_slide(p) for p in paths):
+        settings["slides"] = slide_opts.as_dict()
     same_settings_or_refuse(outdir, SETTINGS_FILE, settings, opts.resume, write=False)
     if opts.resume:
-        todo = [p for p in paths if not is_complete(outdir, p.stem, opts)]
+        todo = [p for p in paths if not is_done(outdir, p, opts)]
         if not todo:
             log(f"resume: all {len(paths)} images already done")
             return [], len(paths)
@@ -386,7 +393,8 @@ def predict_from_paths(images, model_paths, ensemble, outdir, opts: PredictOptio
     for entry, detector in zip(models, detectors):
         if detector.config.IMAGE_CHANNEL_COUNT == 5 and sources.distance_model is not None:
             entry["distance_model"] = str(sources.distance_model.model_dir)
-    failures, _ = predict_images(paths, detectors, outdir, opts, sources, models, log)
+    failures, _ = predict_images(paths, detectors, outdir, opts, sources, models, log,
+                                 slide_opts)
     return failures, len(paths)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from nucseg.cli.common import claims_outdir, finish_batch, friendly_errors, main
+from nucseg.cli.slides import slide_options
 
 
 def _merge_options(fn):
@@ -80,15 +81,20 @@ def _predict_options(merge_method, iou_threshold, iou_type, min_members, mask_th
               help="Also write each member's raw detections as <stem>_memberNN.npz.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the HSV shift.")
 @click.option("--resume", is_flag=True, help="Skip images whose outputs are complete.")
+@slide_options
 @friendly_errors
 @claims_outdir("outdir")
 def predict(images, models, ensemble, outdir, tta, distance_model, distance_dir, tile_size,
             overlap, batch_size, max_detections, min_confidence, keep_members, seed, resume,
-            hstain_dir, **merge_opts):
+            hstain_dir, slide_opts, **merge_opts):
     """Detect nuclei with one model, an ensemble and/or TTA; merge the members; write files.
 
     Per image: <stem>_labels.tif, <stem>.geojson (QuPath), <stem>_nuclei.csv,
     optionally <stem>_overlay.png, and <stem>_record.yaml.
+
+    Slides (.svs .ndpi .mrxs .scn .bif, pyramidal or large TIFFs) are read in tissue blocks at
+    the model's pixel size: <stem>.geojson.gz, <stem>_nuclei.csv, <stem>_thumbnail.png and
+    the record, in level-0 pixels (docs/slides.md).
 
     Without -m or --ensemble the default shipped model runs, with its own U-Net for the
     distance channel and the thresholds chosen for it on training data (options typed here
@@ -100,6 +106,7 @@ def predict(images, models, ensemble, outdir, tta, distance_model, distance_dir,
       nucseg predict tiles/ -m runs/paper/ -o pred/
       nucseg predict tiles/ --ensemble runs/folds/ --tta --distance-model unet/ -o pred/
       nucseg predict big.tif -m model.h5 --keep-members --overlay -o pred/
+      nucseg predict scan.svs -o pred/                     # a whole slide
     """
     from nucseg.channels import ChannelSources
     from nucseg.predict import predict_from_paths
@@ -110,7 +117,8 @@ def predict(images, models, ensemble, outdir, tta, distance_model, distance_dir,
     overrides = {"DETECTION_MAX_INSTANCES": max_detections,
                  "DETECTION_MIN_CONFIDENCE": min_confidence}
     failures, total = predict_from_paths(images, models, ensemble, outdir, opts, sources,
-                                         overrides, distance_model, log=click.echo)
+                                         overrides, distance_model, log=click.echo,
+                                         slide_opts=slide_opts)
     click.echo(f"predicted {total - len(failures)} of {total} image(s) into {outdir}")
     finish_batch(failures, total)
 

@@ -107,6 +107,9 @@ class Config:
     CHANNEL_SCALING = "per_image"
     CHANNEL_SCALE_DISTANCE = 18.0
     CHANNEL_SCALE_HSTAIN = 0.30
+    # nucseg extra: the pixel size (um/px) the model was trained at; slides are resampled to it
+    # (nucseg.slides). MoNuSeg tiles are 40x scans, about 0.25 um/px.
+    MODEL_MPP = 0.25
     LEARNING_RATE = 0.001
     LEARNING_MOMENTUM = 0.9
     WEIGHT_DECAY = 0.0001

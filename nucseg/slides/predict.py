@@ -1,0 +1,248 @@
+"""`nucseg predict` on a whole slide: tissue blocks at the model's pixel size, streamed outputs.
+
+Per slide: open it (nucseg.slides.reader), plan the model-resolution frame (frame.py), find the
+tissue on the overview (tissue.py), cut the frame into blocks (blocks.py) and run every tissue
+block through the same per-image path a tile takes (nucseg.predict.image_members: channels,
+tiles, TTA, ensemble; then nucseg.merge), keep each block's own nuclei and write them in
+level-0 coordinates (outputs.py). The record is written last, so its presence marks the slide
+as done for --resume.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from nucseg.io import InputError, make_record, write_record
+
+DEFAULT_BLOCK_SIZE = 2048
+DEFAULT_MODEL_MPP = 0.25
+
+
+@dataclass
+class SlideOptions:
+    """Slide-only settings (the rest is nucseg.predict.PredictOptions)."""
+
+    mpp: float | None = None             # overrides the slide's level-0 pixel size
+    tissue_mask: str | None = None       # a mask file, or a directory of <stem>_tissue.png
+    block_size: int = DEFAULT_BLOCK_SIZE  # core size in model-resolution pixels
+    margin: int | None = None            # None: blocks.default_margin
+
+    def as_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def slide_files(outdir, stem: str, opts) -> dict[str, Path]:
+    outdir = Path(outdir)
+    files = {}
+    if opts.geojson:
+        files["geojson"] = outdir / f"{stem}.geojson.gz"
+    if opts.csv:
+        files["csv"] = outdir / f"{stem}_nuclei.csv"
+    files["thumbnail"] = outdir / f"{stem}_thumbnail.png"
+    files["record"] = outdir / f"{stem}_record.yaml"
+    return files
+
+
+def slide_done(outdir, path, opts) -> bool:
+    """True when the slide's record (written last) and all its outputs exist."""
+    return all(p.is_file() for p in slide_files(outdir, Path(path).stem, opts).values())
+
+
+def model_mpp(detectors) -> float:
+    """The pixel size the models were trained at (config MODEL_MPP); one for an ensemble."""
+    values = {round(float(getattr(d.config, "MODEL_MPP", DEFAULT_MODEL_MPP)), 6)
+              for d in detectors}
+    if len(values) != 1:
+        raise ValueError(f"the models were trained at different pixel sizes "
+                         f"({', '.join(map(str, sorted(values)))} um/px); a slide is read at "
+                         "one of them")
+    return values.pop()
+
+
+def _warn_scaling(detectors, path) -> None:
+    from nucseg.channels import ChannelScaling
+    from nucseg.predict import detector_name
+
+    for k, d in enumerate(detectors):
+        if int(d.config.IMAGE_CHANNEL_COUNT) == 5 and \
+                ChannelScaling.from_config(d.config).mode == "per_image":
+            warnings.warn(f"{path}: model {detector_name(d, k)} scales its distance and "
+                          "hematoxylin channels per image (CHANNEL_SCALING per_image); a slide "
+                          "is scaled block by block, which differs from scaling one whole "
+                          "image (models trained with CHANNEL_SCALING fixed do not depend on "
+                          "the block)", stacklevel=2)
+
+
+class _Slide:
+    """The open reader, reopened once when a block fails to read (OpenSlide handles stay
+    broken after an error): a failed block is retried once, then the slide fails."""
+
+    def __init__(self, path: Path, mpp):
+        from nucseg.slides.reader import open_slide
+
+        self.path, self.mpp = path, mpp
+        self.reader = open_slide(path, mpp)
+
+    def read_block(self, frame, block) -> np.ndarray:
+        from nucseg.slides.frame import read_frame_region
+        from nucseg.slides.reader import open_slide
+
+        try:
+            return read_frame_region(self.reader, frame, *block.tile)
+        except InputError:
+            self.reader.close()
+            self.reader = open_slide(self.path, self.mpp)
+        try:
+            return read_frame_region(self.reader, frame, *block.tile)
+        except InputError as exc:
+            raise InputError(self.path, f"block {block.name} failed twice: "
+                                        f"{exc.problem}") from None
+
+
+def _tissue(slide: _Slide, slide_opts: SlideOptions, overview, overview_ds):
+    """(boolean mask, (level-0 px per mask px along y, x), source)."""
+    from nucseg.slides.tissue import detect_tissue, find_mask, read_mask
+
+    info = slide.reader.info
+    if slide_opts.tissue_mask:
+        mask_path = find_mask(slide_opts.tissue_mask, slide.path)
+        mask = read_mask(mask_path, slide.path, info.width, info.height)
+        return mask, (info.height / mask.shape[0], info.width / mask.shape[1]), str(mask_path)
+    mpp = float(np.sqrt(info.mpp[0] * info.mpp[1]))
+    mask, factor = detect_tissue(overview, mpp * overview_ds)
+    return mask, (overview_ds * factor, overview_ds * factor), "otsu on saturation"
+
+
+def predict_slide(path, detectors, outdir, opts, sources=None, models=None,
+                  slide_opts: SlideOptions | None = None) -> dict:
+    """Predict one slide and write its outputs; returns the run record."""
+    from tqdm import tqdm
+
+    from nucseg.channels import ChannelSources
+    from nucseg.predict import detector_name, image_members
+    from nucseg.merge import merge_members
+    from nucseg.slides.blocks import Owner, default_margin, grid_shape, plan_blocks
+    from nucseg.slides.frame import plan_frame, read_overview
+    from nucseg.slides.outputs import SlideOutputs
+    from nucseg.slides.tissue import region_has_tissue
+    from nucseg.tta import make_views
+
+    start = time.perf_counter()
+    path, slide_opts = Path(path), slide_opts or SlideOptions()
+    sources = sources or ChannelSources()
+    if sources.hstain_dir is not None or sources.distance_dir is not None:
+        raise InputError(path, "--hstain-dir and --distance-dir hold maps of tiles; a slide's "
+                               "channels are made block by block (use --distance-model)")
+    if opts.keep_members:
+        warnings.warn(f"{path}: --keep-members is not supported for slides; no member files "
+                      "are written", stacklevel=2)
+    _warn_scaling(detectors, path)
+    target_mpp = model_mpp(detectors)
+    timings = {"read": 0.0}
+    slide = _Slide(path, slide_opts.mpp)
+    try:
+        info = slide.reader.info
+        frame = plan_frame(info, target_mpp)
+        t0 = time.perf_counter()
+        overview, overview_ds = read_overview(slide.reader)
+        mask, mask_ds, tissue_source = _tissue(slide, slide_opts, overview, overview_ds)
+        timings["tissue"] = time.perf_counter() - t0
+        margin = slide_opts.margin if slide_opts.margin is not None \
+            else default_margin(target_mpp, opts.overlap)
+        blocks = plan_blocks(frame.width, frame.height, slide_opts.block_size, margin)
+        k = frame.level0_per_px
+        todo = [b for b in blocks if region_has_tissue(mask, mask_ds, [v * k for v in b.core])]
+        n_members = len(detectors) * len(make_views(opts.tta, opts.seed))
+        merge_kwargs = opts.merge_kwargs(n_members)
+        block_opts = replace(opts, progress=False)
+        owner = Owner(frame.width, frame.height)
+        files = slide_files(outdir, path.stem, opts)
+        detections = 0
+        with SlideOutputs(files, info.mpp, overview, overview_ds) as out:
+            bar = tqdm(todo, desc=path.stem, unit="block", disable=not opts.progress,
+                       leave=False)
+            for block in bar:
+                t0 = time.perf_counter()
+                rgb = slide.read_block(frame, block)
+                timings["read"] += time.perf_counter() - t0
+                members = image_members(detectors, rgb, path.stem, block_opts, sources,
+                                        str(path), timings)
+                timings["detect"] = timings.get("detect", 0.0) + sum(
+                    m.extra.get("seconds", 0.0) for m in members)
+                detections += sum(len(m) for m in members)
+                t0 = time.perf_counter()
+                merged = merge_members(members, opts.merge, **merge_kwargs)
+                timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t0
+                t0 = time.perf_counter()
+                _write_block(out, owner, block, merged, k)
+                timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
+                bar.set_postfix(nuclei=out.count)
+            bar.close()
+            outputs = out.finish()
+            merge_info = dict(merged.info) if todo else {}
+    finally:
+        slide.reader.close()
+    timings["total"] = time.perf_counter() - start
+    rows, cols = grid_shape(blocks)
+    record = make_record(
+        "predict", inputs=[path], checksums=True, options=asdict(opts),
+        slide_options=slide_opts.as_dict(), slide=info.as_dict(), model_mpp=target_mpp,
+        frame=frame.as_dict(),
+        blocks={"block_size": slide_opts.block_size, "margin": margin, "rows": rows,
+                "cols": cols, "total": len(blocks), "with_tissue": len(todo),
+                "skipped_without_tissue": len(blocks) - len(todo),
+                "seam_duplicates_dropped": owner.duplicates,
+                "nuclei_touching_block_edge": owner.cut},
+        tissue={"source": tissue_source, "fraction": round(float(mask.mean()), 6),
+                "mask_shape": list(mask.shape)},
+        overview_downsample=round(overview_ds, 6),
+        merge=merge_info, models=models or [detector_name(d, i)
+                                            for i, d in enumerate(detectors)],
+        detections=detections, nuclei=out.count, outputs=outputs,
+        timings_seconds={key: round(v, 3) for key, v in timings.items()})
+    write_record(files["record"], record)
+    return record
+
+
+def _write_block(out, owner, block, merged, k: float) -> None:
+    """The nuclei this block owns, in level-0 coordinates (k = level-0 px per frame px)."""
+    from skimage.measure import regionprops_table
+
+    from nucseg.export import label_rings
+
+    if not len(merged):
+        return
+    oy, ox = block.tile[0], block.tile[1]
+    table = regionprops_table(merged.labels.astype(np.int32, copy=False),
+                              properties=("label", "centroid", "area"))
+    index = table["label"].astype(np.int64) - 1            # row of each label
+    centroids = np.zeros((len(merged), 2))
+    areas = np.zeros(len(merged))
+    centroids[index] = np.stack([table["centroid-0"] + oy, table["centroid-1"] + ox], 1)
+    areas[index] = table["area"]
+    rois = merged.rois.astype(np.int64)
+    masks = [merged.labels[y1:y2, x1:x2] == i + 1 for i, (y1, x1, y2, x2) in enumerate(rois)]
+    frame_rois = rois + [oy, ox, oy, ox]
+    for i in owner.select(block, frame_rois, centroids, masks):
+        rings = [[[round((x + ox) * k, 3), round((y + oy) * k, 3)] for x, y in ring]
+                 for ring in label_rings(merged.labels, i + 1, rois[i])]
+        if not rings:
+            continue
+        y1, x1, y2, x2 = frame_rois[i]
+        cy, cx = centroids[i]
+        out.add(rings, merged.scores[i], merged.agreement[i],
+                ((cx + 0.5) * k - 0.5, (cy + 0.5) * k - 0.5), areas[i] * k * k,
+                (x1 * k, y1 * k, x2 * k, y2 * k))
+
+
+def is_done(outdir, path, opts) -> bool:
+    """--resume: a slide's or a tile's outputs are complete."""
+    from nucseg.predict import is_complete
+    from nucseg.slides.reader import is_slide
+
+    return slide_done(outdir, path, opts) if is_slide(path) else \
+        is_complete(outdir, Path(path).stem, opts)
