@@ -247,7 +247,20 @@ def test_slide_gives_the_whole_image_nuclei_without_seam_duplicates_or_cuts(slid
     saved = yaml.safe_load((out / "mosaic40_record.yaml").read_text())
     assert saved["slide"]["reader"] == "openslide" and saved["slide"]["levels"][2]["width"] == 525
     assert set(saved["outputs"]) == {"mosaic40.geojson.gz", "mosaic40_nuclei.csv",
-                                     "mosaic40_thumbnail.png"}
+                                     "mosaic40_thumbnail.png", "mosaic40_labels.tif"}
+    with tifffile.TiffFile(out / "mosaic40_labels.tif") as tif:     # the pyramidal label image
+        pages = list(tif.pages)
+        assert [p.shape for p in pages] == [(2100, 2100), (1050, 1050), (525, 525), (263, 263)]
+        assert all(p.is_tiled and p.dtype == np.uint32 and p.compression == 8 for p in pages)
+        slide_labels = pages[0].asarray()
+        np.testing.assert_array_equal(pages[1].asarray(), slide_labels[1::2, 1::2])
+    assert slide_labels.max() == n_whole and len(np.unique(slide_labels)) == n_whole + 1
+    either = (slide_labels > 0) | (labels > 0)                # same nuclei, same pixels:
+    pairs = np.unique(slide_labels[either].astype(np.int64) * 2 ** 20 + labels[either])
+    assert len(pairs) == n_whole and (pairs // 2 ** 20 > 0).all() and (pairs % 2 ** 20 > 0).all()
+    for r in rows[:50]:
+        assert slide_labels[int(round(float(r["centroid_y"]))),
+                            int(round(float(r["centroid_x"])))] == int(r["id"])
     assert {"read", "tissue", "detect", "merge", "write", "total"} <= set(
         saved["timings_seconds"])
     assert not list(out.glob(".*part*"))
@@ -275,6 +288,8 @@ def test_20x_slide_is_resampled_and_found_at_its_level0_positions(mosaic, tmp_pa
     assert len(rows) >= 0.99 * len(ids)
     dist = np.hypot(*(got[:, None, :] - want[None, :, :]).transpose(2, 0, 1)).min(1)
     assert np.median(dist) < 0.3 and (dist < 1.0).mean() >= 0.99
+    small_labels = tifffile.imread(out / "mosaic20_labels.tif", key=0)
+    assert small_labels.shape == (1050, 1050) and small_labels.max() == len(rows)
     features = read_features(out / "mosaic20.geojson.gz")
     assert max(np.max(f["geometry"]["coordinates"][0]) for f in features) <= 1050
     areas = np.array([float(r["area"]) for r in rows])
@@ -340,7 +355,7 @@ def test_predict_takes_slides_and_tiles_in_one_call_and_resumes(slide40, fake_mo
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert (out / "mosaic40.geojson.gz").is_file() and (out / "tile_labels.tif").is_file()
-    assert (out / "tile.geojson").is_file() and not (out / "mosaic40_labels.tif").exists()
+    assert (out / "tile.geojson").is_file() and (out / "mosaic40_labels.tif").is_file()
     result = CliRunner().invoke(main, args + ["--resume"])
     assert result.exit_code == 0 and "already done" in result.output
 

@@ -93,8 +93,8 @@ def predict(images, models, ensemble, outdir, tta, distance_model, distance_dir,
     optionally <stem>_overlay.png, and <stem>_record.yaml.
 
     Slides (.svs .ndpi .mrxs .scn .bif, pyramidal or large TIFFs) are read in tissue blocks at
-    the model's pixel size: <stem>.geojson.gz, <stem>_nuclei.csv, <stem>_thumbnail.png and
-    the record, in level-0 pixels (docs/slides.md).
+    the model's pixel size: <stem>.geojson.gz, <stem>_nuclei.csv, a pyramidal
+    <stem>_labels.tif, <stem>_thumbnail.png and the record, in level-0 pixels (docs/slides.md).
 
     Without -m or --ensemble the default shipped model runs, with its own U-Net for the
     distance channel and the thresholds chosen for it on training data (options typed here

@@ -2,7 +2,8 @@
 
 `<stem>.geojson.gz` (QuPath detections; the feature layout of nucseg.export) and
 `<stem>_nuclei.csv` are streamed as blocks finish; `<stem>_thumbnail.png` (the overview with
-the nuclei drawn on it) is painted along the way and saved at the end. Every file is written
+the nuclei drawn on it) is painted along the way and saved at the end, and so is the pyramidal
+label image `<stem>_labels.tif` (labels.py), from masks kept on disk meanwhile. Every file is written
 under a temporary name and renamed only when the whole slide succeeded, so a failure leaves no
 partial file under a final name. All coordinates are level-0 pixels: the continuous frame of
 nucseg.export (pixel (r, c) is the square [c, c + 1) x [r, r + 1), its centre (c + 0.5,
@@ -14,6 +15,8 @@ import contextlib
 import csv
 import gzip
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +38,10 @@ def _number(value: float) -> str:
 class SlideOutputs:
     """Context manager: open the streamed files, `add` nuclei per block, `finish` at the end."""
 
-    def __init__(self, files: dict, mpp: tuple, overview: np.ndarray, overview_ds: float):
+    def __init__(self, files: dict, mpp: tuple, overview: np.ndarray, overview_ds: float,
+                 frame=None, slide_size: tuple | None = None):
         self.files = files
+        self.frame, self.slide_size = frame, slide_size      # for the label image
         self.mpp = (float(mpp[0]), float(mpp[1]))
         self.thumbnail = np.array(overview, np.uint8, copy=True)
         self.overview_ds = float(overview_ds)
@@ -57,6 +62,17 @@ class SlideOutputs:
                 self._csv = csv.writer(handle)
                 self._csv.writerow(CSV_COLUMNS)
             self._thumb_tmp = stack.enter_context(atomic_path(self.files["thumbnail"]))
+            self._labels = None
+            if "labels" in self.files:
+                from nucseg.slides.labels import LabelStore
+
+                self._labels_tmp = stack.enter_context(atomic_path(self.files["labels"]))
+                fd, masks = tempfile.mkstemp(prefix=f".{self._labels_tmp.name}.",
+                                             suffix=".part.bin", dir=self._labels_tmp.parent)
+                os.close(fd)                  # a name outdir.claim clears if we are killed
+                stack.callback(Path(masks).unlink, missing_ok=True)
+                self._labels = LabelStore(Path(masks))
+                stack.callback(self._labels.close)
         except BaseException:
             self._stack.__exit__(None, None, None)
             raise
@@ -66,12 +82,15 @@ class SlideOutputs:
         return self._stack.__exit__(*exc)
 
     def add(self, rings: list, score: float, agreement: float, centroid: tuple, area: float,
-            bbox: tuple) -> int:
+            bbox: tuple, frame_box=None, mask=None) -> int:
         """One nucleus: `rings` closed (x, y) rings, `centroid` (x, y) pixel indices, `area`
-        in pixels, `bbox` (x1, y1, x2, y2), all level-0. Returns its id (1, 2, ... in
-        writing order)."""
+        in pixels, `bbox` (x1, y1, x2, y2), all level-0; its boolean `mask` over `frame_box`
+        (y1, x1, y2, x2 frame px) for the label image. Returns its id (1, 2, ... in writing
+        order)."""
         self.count += 1
         label = self.count
+        if self._labels is not None:
+            self._labels.add(frame_box, mask)
         if self._geojson is not None:
             self._geojson.write("\n" if label == 1 else ",\n")
             json.dump(_feature(label, rings, score, agreement, DEFAULT_CLASS, DEFAULT_COLOR),
@@ -104,4 +123,7 @@ class SlideOutputs:
         if self._geojson is not None:
             self._geojson.write("\n]}\n")
         Image.fromarray(self.thumbnail).save(self._thumb_tmp, format="PNG")
+        if self._labels is not None:
+            self._labels.write_tiff(self._labels_tmp, *self.slide_size,
+                                    self.frame.level0_per_px, self.mpp)
         return [Path(p).name for key, p in self.files.items() if key != "record"]

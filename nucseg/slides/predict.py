@@ -37,7 +37,7 @@ class SlideOptions:
 
 def slide_files(outdir, stem: str, opts) -> dict[str, Path]:
     outdir = Path(outdir)
-    files = {}
+    files = {"labels": outdir / f"{stem}_labels.tif"}
     if opts.geojson:
         files["geojson"] = outdir / f"{stem}.geojson.gz"
     if opts.csv:
@@ -162,7 +162,8 @@ def predict_slide(path, detectors, outdir, opts, sources=None, models=None,
         owner = Owner(frame.width, frame.height)
         files = slide_files(outdir, path.stem, opts)
         detections = 0
-        with SlideOutputs(files, info.mpp, overview, overview_ds) as out:
+        with SlideOutputs(files, info.mpp, overview, overview_ds, frame,
+                          (info.width, info.height)) as out:
             bar = tqdm(todo, desc=path.stem, unit="block", disable=not opts.progress,
                        leave=False)
             for block in bar:
@@ -182,7 +183,9 @@ def predict_slide(path, detectors, outdir, opts, sources=None, models=None,
                 timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
                 bar.set_postfix(nuclei=out.count)
             bar.close()
-            outputs = out.finish()
+            t0 = time.perf_counter()
+            outputs = out.finish()                  # the label image and the thumbnail
+            timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
             merge_info = dict(merged.info) if todo else {}
     finally:
         slide.reader.close()
@@ -236,7 +239,7 @@ def _write_block(out, owner, block, merged, k: float) -> None:
         cy, cx = centroids[i]
         out.add(rings, merged.scores[i], merged.agreement[i],
                 ((cx + 0.5) * k - 0.5, (cy + 0.5) * k - 0.5), areas[i] * k * k,
-                (x1 * k, y1 * k, x2 * k, y2 * k))
+                (x1 * k, y1 * k, x2 * k, y2 * k), frame_rois[i], masks[i])
 
 
 def is_done(outdir, path, opts) -> bool:
