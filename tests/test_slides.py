@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -449,4 +450,50 @@ def test_a_block_that_fails_to_read_is_retried_once_then_fails_the_slide(slide40
     with pytest.raises(InputError, match="failed twice.*simulated"):
         predict_slide(slide40, [SlideDetector()], tmp_path / "bad",
                       PredictOptions(progress=False), slide_opts=SlideOptions(block_size=1024))
-    assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").iterdir())
+    left = list((tmp_path / "bad").iterdir())         # no output, the finished block kept
+    assert [p.name for p in left] == ["mosaic40_blocks"]  # for --resume
+    assert sorted(p.name for p in left[0].iterdir()) == ["manifest.yaml", "r000c000.npz"]
+
+
+class StopAfter(SlideDetector):
+    """Interrupts the run (as Ctrl-C or a kill would) at its `stop`-th model call."""
+
+    def __init__(self, stop, **kwargs):
+        super().__init__(**kwargs)
+        self.stop = stop
+
+    def detect(self, images):
+        if self.calls + 1 == self.stop:
+            raise KeyboardInterrupt
+        return super().detect(images)
+
+
+def test_resume_runs_only_unfinished_blocks_and_gives_the_same_files(slide40, tmp_path):
+    opts = PredictOptions(progress=False, tile_size=1024)     # one model call per block
+    slide_opts = SlideOptions(block_size=512)
+    whole = tmp_path / "whole"
+    predict_slide(slide40, [SlideDetector()], whole, opts, slide_opts=slide_opts)
+    out = tmp_path / "out"
+    first = StopAfter(stop=10)                 # killed in the 10th of 25 blocks
+    with pytest.raises(KeyboardInterrupt):
+        predict_slide(slide40, [first], out, opts, slide_opts=slide_opts)
+    assert sorted(p.name for p in (out / "mosaic40_blocks").iterdir())[-1] == "r001c003.npz"
+    assert not [p for p in out.iterdir() if p.name.startswith("mosaic40") and p.is_file()]
+    again = SlideDetector()
+    record = predict_slide(slide40, [again], out, replace(opts, resume=True),
+                           slide_opts=slide_opts)
+    assert record["blocks"]["resumed"] == 9 and again.calls == 25 - 9
+    for name in ("mosaic40.geojson.gz", "mosaic40_nuclei.csv", "mosaic40_labels.tif",
+                 "mosaic40_thumbnail.png"):
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+    assert not (out / "mosaic40_blocks").exists()
+    done = yaml.safe_load((whole / "mosaic40_record.yaml").read_text())
+    assert {k: v for k, v in record["blocks"].items() if k != "resumed"} == \
+        {k: v for k, v in done["blocks"].items() if k != "resumed"}
+    # other settings than the interrupted run's: the blocks are not reused
+    with pytest.raises(KeyboardInterrupt):
+        predict_slide(slide40, [StopAfter(stop=5)], out, opts, slide_opts=slide_opts)
+    with pytest.warns(UserWarning, match="run again"):
+        record = predict_slide(slide40, [SlideDetector()], out,
+                               replace(opts, resume=True, min_area=40), slide_opts=slide_opts)
+    assert record["blocks"]["resumed"] == 0

@@ -74,6 +74,24 @@ class Owner:
         self.duplicates = 0
         self.cut = 0
 
+    def _near_edge(self, block: Block, rois: np.ndarray) -> np.ndarray:
+        """Boxes within 2 x SLACK of the core's edge: the only ones a neighbour may repeat."""
+        y1, x1, y2, x2 = block.core
+        return ((rois[:, 0] < y1 + 2 * SLACK) | (rois[:, 1] < x1 + 2 * SLACK)
+                | (rois[:, 2] > y2 - 2 * SLACK) | (rois[:, 3] > x2 - 2 * SLACK))
+
+    def remember(self, block: Block, rois, masks) -> None:
+        """Take note of nuclei `block` kept (also those of a finished block read back on
+        --resume); only those near its core's edge, and only for one row of blocks."""
+        recent = np.flatnonzero(self.rows >= block.row - 1)
+        self.rows, self.rois = self.rows[recent], self.rois[recent]
+        self.masks = [self.masks[k] for k in recent]
+        rois = np.asarray(rois, np.int64).reshape(-1, 4)
+        store = np.flatnonzero(self._near_edge(block, rois))
+        self.rows = np.concatenate([self.rows, np.full(len(store), block.row, np.int64)])
+        self.rois = np.concatenate([self.rois, rois[store]])
+        self.masks += [masks[i] for i in store]
+
     def select(self, block: Block, rois: np.ndarray, centroids: np.ndarray, masks) -> list[int]:
         """Indices of the nuclei `block` keeps; `rois`, `centroids` (y, x) in frame pixels,
         `masks` the boolean crops of the rois."""
@@ -84,8 +102,7 @@ class Owner:
         y1, x1, y2, x2 = block.core
         cy, cx = centroids[:, 0], centroids[:, 1]
         inside = (cy >= y1 - SLACK) & (cy < y2 + SLACK) & (cx >= x1 - SLACK) & (cx < x2 + SLACK)
-        near = ((rois[:, 0] < y1 + 2 * SLACK) | (rois[:, 1] < x1 + 2 * SLACK)
-                | (rois[:, 2] > y2 - 2 * SLACK) | (rois[:, 3] > x2 - 2 * SLACK))
+        near = self._near_edge(block, rois)
         chosen = []
         for i in np.flatnonzero(inside):
             if near[i] and len(self.rois):
@@ -99,10 +116,7 @@ class Owner:
             chosen.append(int(i))
             if self._touches_block_edge(block, rois[i]):
                 self.cut += 1
-        store = [i for i in chosen if near[i]]
-        self.rows = np.concatenate([self.rows, np.full(len(store), block.row, np.int64)])
-        self.rois = np.concatenate([self.rois, rois[store].reshape(-1, 4)])
-        self.masks += [masks[i] for i in store]
+        self.remember(block, rois[chosen], [masks[i] for i in chosen])
         return chosen
 
     def _touches_block_edge(self, block: Block, roi) -> bool:

@@ -1,7 +1,7 @@
 """A slide's files, written block by block so memory stays bounded.
 
 `<stem>.geojson.gz` (QuPath detections; the feature layout of nucseg.export) and
-`<stem>_nuclei.csv` are streamed as blocks finish; `<stem>_thumbnail.png` (the overview with
+`<stem>_nuclei.csv` are streamed block by block; `<stem>_thumbnail.png` (the overview with
 the nuclei drawn on it) is painted along the way and saved at the end, and so is the pyramidal
 label image `<stem>_labels.tif` (labels.py), from masks kept on disk meanwhile. Every file is written
 under a temporary name and renamed only when the whole slide succeeded, so a failure leaves no
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import io
 import json
 import os
 import tempfile
@@ -53,8 +54,11 @@ class SlideOutputs:
         stack = self._stack.__enter__()
         try:
             if "geojson" in self.files:
+                # no file name or time in the gzip header: one slide gives one file's bytes
                 tmp = stack.enter_context(atomic_path(self.files["geojson"]))
-                self._geojson = stack.enter_context(gzip.open(tmp, "wt", encoding="utf-8"))
+                raw = stack.enter_context(open(tmp, "wb"))
+                packed = stack.enter_context(gzip.GzipFile("", "wb", fileobj=raw, mtime=0))
+                self._geojson = stack.enter_context(io.TextIOWrapper(packed, "utf-8"))
                 self._geojson.write('{"type": "FeatureCollection", "features": [')
             if "csv" in self.files:
                 tmp = stack.enter_context(atomic_path(self.files["csv"]))

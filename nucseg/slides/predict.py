@@ -3,12 +3,13 @@
 Per slide: open it (nucseg.slides.reader), plan the model-resolution frame (frame.py), find the
 tissue on the overview (tissue.py), cut the frame into blocks (blocks.py) and run every tissue
 block through the same per-image path a tile takes (nucseg.predict.image_members: channels,
-tiles, TTA, ensemble; then nucseg.merge), keep each block's own nuclei and write them in
-level-0 coordinates (outputs.py). The record is written last, so its presence marks the slide
-as done for --resume.
+tiles, TTA, ensemble; then nucseg.merge), keep each block's own nuclei in a block file
+(resume.py: --resume re-runs only blocks without one), then write them all in level-0
+coordinates (outputs.py). The record is written last, so its presence marks the slide as done.
 """
 from __future__ import annotations
 
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -128,6 +129,7 @@ def predict_slide(path, detectors, outdir, opts, sources=None, models=None,
     from nucseg.slides.blocks import Owner, default_margin, grid_shape, plan_blocks
     from nucseg.slides.frame import plan_frame, read_overview
     from nucseg.slides.outputs import SlideOutputs
+    from nucseg.slides.resume import load_block, open_work_dir, save_block, work_dir
     from nucseg.slides.tissue import region_has_tissue
     from nucseg.tta import make_views
 
@@ -161,12 +163,24 @@ def predict_slide(path, detectors, outdir, opts, sources=None, models=None,
         block_opts = replace(opts, progress=False)
         owner = Owner(frame.width, frame.height)
         files = slide_files(outdir, path.stem, opts)
-        detections = 0
-        with SlideOutputs(files, info.mpp, overview, overview_ds, frame,
-                          (info.width, info.height)) as out:
-            bar = tqdm(todo, desc=path.stem, unit="block", disable=not opts.progress,
-                       leave=False)
-            for block in bar:
+        folder = work_dir(outdir, path.stem)
+        finished, discarded = open_work_dir(folder, _manifest(path, frame, blocks, opts,
+                                                              slide_opts), opts.resume)
+        if discarded:
+            warnings.warn(f"{path}: the slide or its settings changed since the interrupted "
+                          "run; all its blocks run again", stacklevel=2)
+        counts = {"detections": 0, "duplicates": 0, "cut": 0, "nuclei": 0, "resumed": 0}
+        merge_info: dict = {}
+        bar = tqdm(todo, desc=path.stem, unit="block", disable=not opts.progress, leave=False)
+        for block in bar:
+            block_file = folder / f"{block.name}.npz"
+            if block.name in finished:
+                nuclei, stats = load_block(block_file)
+                owner.remember(block, [d["frame_box"] for d in nuclei],
+                               [d["mask"] for d in nuclei])
+                counts["resumed"] += 1
+            else:
+                before = (owner.duplicates, owner.cut)
                 t0 = time.perf_counter()
                 rgb = slide.read_block(frame, block)
                 timings["read"] += time.perf_counter() - t0
@@ -174,19 +188,29 @@ def predict_slide(path, detectors, outdir, opts, sources=None, models=None,
                                         str(path), timings)
                 timings["detect"] = timings.get("detect", 0.0) + sum(
                     m.extra.get("seconds", 0.0) for m in members)
-                detections += sum(len(m) for m in members)
                 t0 = time.perf_counter()
                 merged = merge_members(members, opts.merge, **merge_kwargs)
                 timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t0
-                t0 = time.perf_counter()
-                _write_block(out, owner, block, merged, k)
-                timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
-                bar.set_postfix(nuclei=out.count)
-            bar.close()
-            t0 = time.perf_counter()
+                nuclei = _own_nuclei(owner, block, merged, k)
+                stats = {"detections": sum(len(m) for m in members),
+                         "duplicates": owner.duplicates - before[0],
+                         "cut": owner.cut - before[1], "merge": dict(merged.info)}
+                save_block(block_file, nuclei, stats)
+            for key in ("detections", "duplicates", "cut"):
+                counts[key] += stats[key]
+            counts["nuclei"] += len(nuclei)
+            merge_info = stats["merge"]
+            bar.set_postfix(nuclei=counts["nuclei"])
+        bar.close()
+        t0 = time.perf_counter()
+        with SlideOutputs(files, info.mpp, overview, overview_ds, frame,
+                          (info.width, info.height)) as out:
+            for block in todo:                      # assembled in block order
+                for d in load_block(folder / f"{block.name}.npz")[0]:
+                    out.add(d["rings"], d["score"], d["agreement"], d["centroid"], d["area"],
+                            d["bbox"], d["frame_box"], d["mask"])
             outputs = out.finish()                  # the label image and the thumbnail
-            timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
-            merge_info = dict(merged.info) if todo else {}
+        timings["write"] = time.perf_counter() - t0
     finally:
         slide.reader.close()
     timings["total"] = time.perf_counter() - start
@@ -198,27 +222,39 @@ def predict_slide(path, detectors, outdir, opts, sources=None, models=None,
         blocks={"block_size": slide_opts.block_size, "margin": margin, "rows": rows,
                 "cols": cols, "total": len(blocks), "with_tissue": len(todo),
                 "skipped_without_tissue": len(blocks) - len(todo),
-                "seam_duplicates_dropped": owner.duplicates,
-                "nuclei_touching_block_edge": owner.cut},
+                "resumed": counts["resumed"],
+                "seam_duplicates_dropped": counts["duplicates"],
+                "nuclei_touching_block_edge": counts["cut"]},
         tissue={"source": tissue_source, "fraction": round(float(mask.mean()), 6),
                 "mask_shape": list(mask.shape)},
         overview_downsample=round(overview_ds, 6),
         merge=merge_info, models=models or [detector_name(d, i)
                                             for i, d in enumerate(detectors)],
-        detections=detections, nuclei=out.count, outputs=outputs,
+        detections=counts["detections"], nuclei=out.count, outputs=outputs,
         timings_seconds={key: round(v, 3) for key, v in timings.items()})
     write_record(files["record"], record)
+    shutil.rmtree(folder, ignore_errors=True)
     return record
 
 
-def _write_block(out, owner, block, merged, k: float) -> None:
-    """The nuclei this block owns, in level-0 coordinates (k = level-0 px per frame px)."""
+def _manifest(path: Path, frame, blocks, opts, slide_opts) -> dict:
+    """What a finished block's result depends on (resume.open_work_dir)."""
+    stat = path.stat()
+    return {"slide": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "frame": frame.as_dict(), "blocks": [b.tile for b in blocks],
+            "options": {k: v for k, v in asdict(opts).items() if k not in ("resume", "progress")},
+            "slide_options": slide_opts.as_dict()}
+
+
+def _own_nuclei(owner, block, merged, k: float) -> list[dict]:
+    """The nuclei this block owns, in level-0 coordinates (k = level-0 px per frame px), with
+    their frame boxes and masks (for the label image)."""
     from skimage.measure import regionprops_table
 
     from nucseg.export import label_rings
 
     if not len(merged):
-        return
+        return []
     oy, ox = block.tile[0], block.tile[1]
     table = regionprops_table(merged.labels.astype(np.int32, copy=False),
                               properties=("label", "centroid", "area"))
@@ -230,6 +266,7 @@ def _write_block(out, owner, block, merged, k: float) -> None:
     rois = merged.rois.astype(np.int64)
     masks = [merged.labels[y1:y2, x1:x2] == i + 1 for i, (y1, x1, y2, x2) in enumerate(rois)]
     frame_rois = rois + [oy, ox, oy, ox]
+    nuclei = []
     for i in owner.select(block, frame_rois, centroids, masks):
         rings = [[[round((x + ox) * k, 3), round((y + oy) * k, 3)] for x, y in ring]
                  for ring in label_rings(merged.labels, i + 1, rois[i])]
@@ -237,9 +274,13 @@ def _write_block(out, owner, block, merged, k: float) -> None:
             continue
         y1, x1, y2, x2 = frame_rois[i]
         cy, cx = centroids[i]
-        out.add(rings, merged.scores[i], merged.agreement[i],
-                ((cx + 0.5) * k - 0.5, (cy + 0.5) * k - 0.5), areas[i] * k * k,
-                (x1 * k, y1 * k, x2 * k, y2 * k), frame_rois[i], masks[i])
+        nuclei.append({"rings": rings, "score": float(merged.scores[i]),
+                       "agreement": float(merged.agreement[i]),
+                       "centroid": ((cx + 0.5) * k - 0.5, (cy + 0.5) * k - 0.5),
+                       "area": float(areas[i] * k * k),
+                       "bbox": (x1 * k, y1 * k, x2 * k, y2 * k),
+                       "frame_box": tuple(int(v) for v in frame_rois[i]), "mask": masks[i]})
+    return nuclei
 
 
 def is_done(outdir, path, opts) -> bool:
