@@ -192,15 +192,33 @@ def member_summary(members: list[Member]) -> list[dict]:
 
 
 def predict_image(image_path, detectors, outdir, opts: PredictOptions,
-                  sources: ChannelSources | None = None, models: list | None = None) -> dict:
-    """Predict one image and write all its outputs; returns the run record."""
+                  sources: ChannelSources | None = None, models: list | None = None,
+                  slide_opts=None) -> dict:
+    """Predict one image and write all its outputs; returns the run record. A tile at another
+    pixel size than the model's is predicted resampled to it (nucseg.resolution)."""
+    from nucseg.resolution import member_at, resize_rgb, tile_resolution
+    from nucseg.slides.predict import model_mpp
+
     start = time.perf_counter()
     timings: dict = {}
     image_path = Path(image_path)
     stem = image_path.stem
     rgb = read_rgb(image_path)
+    resolution = tile_resolution(image_path, model_mpp(detectors),
+                                 getattr(slide_opts, "mpp", None),
+                                 getattr(slide_opts, "magnification", None))
+    seen = rgb
+    if resolution.factor != 1.0:
+        if sources is not None and (sources.distance_dir or sources.hstain_dir):
+            raise InputError(image_path, f"is at {resolution.mpp:g} um/px, the model at "
+                                         f"{resolution.model_mpp:g}: its maps are computed "
+                                         "after resampling, so --distance-dir/--hstain-dir "
+                                         "cannot be used (give --distance-model)")
+        seen = resize_rgb(rgb, resolution.factor)
     timings["read"] = time.perf_counter() - start
-    members = image_members(detectors, rgb, stem, opts, sources, str(image_path), timings)
+    members = image_members(detectors, seen, stem, opts, sources, str(image_path), timings)
+    if seen is not rgb:
+        members = [member_at(m, rgb.shape[:2]) for m in members]
     timings["detect"] = sum(m.extra.get("seconds", 0.0) for m in members)
     files = output_files(outdir, stem, opts)
     kept = []
@@ -219,7 +237,8 @@ def predict_image(image_path, detectors, outdir, opts: PredictOptions,
         "predict", inputs=[image_path], checksums=True, options=asdict(opts),
         merge=dict(merged.info), models=models or [detector_name(d, k)
                                                     for k, d in enumerate(detectors)],
-        image_shape=list(rgb.shape[:2]), nuclei=len(merged), members=member_summary(members),
+        image_shape=list(rgb.shape[:2]), resolution=resolution.as_dict(), nuclei=len(merged),
+        members=member_summary(members),
         splits_after_max_detections=sum(m.extra.get("splits", 0) for m in members),
         member_files=kept, outputs=outputs,
         timings_seconds={k: round(v, 3) for k, v in timings.items()})
@@ -250,7 +269,7 @@ def predict_images(image_paths, detectors, outdir, opts: PredictOptions,
                 "done")
     failures = run_batch(todo, lambda p: (
         predict_slide(p, detectors, outdir, opts, sources, models, slide_opts) if is_slide(p)
-        else predict_image(p, detectors, outdir, opts, sources, models)),
+        else predict_image(p, detectors, outdir, opts, sources, models, slide_opts)),
         desc="predict", progress=opts.progress)
     return failures, len(image_paths) - len(todo)
 

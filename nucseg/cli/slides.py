@@ -13,17 +13,24 @@ def slide_options(fn):
     """Add --mpp, --tissue-mask and --block-size to a command; they reach it as one
     `slide_opts` (nucseg.slides.SlideOptions) keyword."""
     @functools.wraps(fn)
-    def wrapper(*args, mpp=None, tissue_mask=None, block_size=None, **kwargs):
+    def wrapper(*args, mpp=None, magnification=None, tissue_mask=None, block_size=None,
+                **kwargs):
         from nucseg.slides import SlideOptions
 
-        kwargs["slide_opts"] = SlideOptions(mpp=mpp, tissue_mask=tissue_mask,
-                                            block_size=block_size)
+        if mpp and magnification:
+            raise click.UsageError("give --mpp or --magnification, not both")
+        kwargs["slide_opts"] = SlideOptions(mpp=mpp, magnification=magnification,
+                                            tissue_mask=tissue_mask, block_size=block_size)
         return fn(*args, **kwargs)
 
     options = [
         click.option("--mpp", type=click.FloatRange(0, min_open=True),
-                     help="Slides: level-0 pixel size in um/px, overriding the slide's own "
-                          "(required when the slide has none; 0.25 = 40x, 0.5 = 20x)."),
+                     help="Pixel size in um/px of the inputs (slides: level 0), overriding "
+                          "their own (required for a slide without one; 0.25 = 40x, 0.5 = "
+                          "20x). Tiles at another pixel size than the model's are resampled "
+                          "to it and their nuclei mapped back."),
+        click.option("--magnification", type=click.FloatRange(0, min_open=True),
+                     help="The same as --mpp 10/MAG (40 -> 0.25 um/px, 20 -> 0.5)."),
         click.option("--tissue-mask", type=click.Path(exists=True),
                      help="Slides: a tissue mask image (nonzero = tissue, the slide's aspect "
                           "ratio, any resolution) or a directory of <stem>_tissue.png; "

@@ -27,13 +27,22 @@ DEFAULT_MODEL_MPP = 0.25
 class SlideOptions:
     """Slide-only settings (the rest is nucseg.predict.PredictOptions)."""
 
-    mpp: float | None = None             # overrides the slide's level-0 pixel size
+    mpp: float | None = None             # overrides the slide's (or a tile's) pixel size
+    magnification: float | None = None   # the same as mpp = 10 / magnification
     tissue_mask: str | None = None       # a mask file, or a directory of <stem>_tissue.png
     block_size: int = DEFAULT_BLOCK_SIZE  # core size in model-resolution pixels
     margin: int | None = None            # None: blocks.default_margin
 
     def as_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+    def pixel_size(self) -> float | None:
+        """The given pixel size: --mpp, else from --magnification (nucseg.resolution)."""
+        from nucseg.resolution import MAGNIFICATION_UM
+
+        if self.mpp:
+            return self.mpp
+        return MAGNIFICATION_UM / self.magnification if self.magnification else None
 
 
 def slide_files(outdir, stem: str, opts) -> dict[str, Path]:
@@ -145,7 +154,7 @@ def predict_slide(path, detectors, outdir, opts, sources=None, models=None,
     _warn_scaling(detectors, path)
     target_mpp = model_mpp(detectors)
     timings = {"read": 0.0}
-    slide = _Slide(path, slide_opts.mpp)
+    slide = _Slide(path, slide_opts.pixel_size())
     try:
         info = slide.reader.info
         frame = plan_frame(info, target_mpp)
