@@ -36,7 +36,8 @@ setup(
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.16"],
-        "test": ["pytest>=7.0", "jsonschema>=4.0"],
+        "test": ["pytest>=7.0", "jsonschema>=4.0", "matplotlib>=3.7"],
+        "experiments": ["matplotlib>=3.7"],       # bin/reproduce-paper's figure
     },
     entry_points={"console_scripts": ["nucseg=nucseg.cli:run"]},
 )
