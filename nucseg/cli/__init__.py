@@ -4,7 +4,7 @@ No logic lives here; each command is a thin function over a library call that th
 directly. Library errors (`nucseg.io.InputError`, `ValueError`) become one `error:` line and a
 non-zero exit. One module per group of stages; importing them registers their commands.
 """
-from nucseg.cli import models, predicting, scoring, slides, stages, training  # noqa: F401
+from nucseg.cli import models, multitask, predicting, scoring, slides, stages, training  # noqa
 from nucseg.cli.common import finish_batch, friendly_errors, main
 
 __all__ = ["main", "run", "friendly_errors", "finish_batch"]
