@@ -130,6 +130,17 @@ def read_labels(path) -> np.ndarray:
     return labels.astype(np.int32, copy=False)
 
 
+def read_image_and_labels(image_path, label_path) -> tuple[np.ndarray, np.ndarray]:
+    """A training pair: the RGB tile and its label map, which must have the tile's size."""
+    rgb = read_rgb(image_path)
+    labels = read_labels(label_path)
+    if labels.shape != rgb.shape[:2]:
+        raise InputError(label_path, f"label map is {labels.shape[0]}x{labels.shape[1]} but its "
+                                     f"image {Path(image_path).name} is "
+                                     f"{rgb.shape[0]}x{rgb.shape[1]}")
+    return rgb, labels
+
+
 def read_float_map(path) -> np.ndarray:
     """A single-channel float map (hematoxylin density, distance in px) as float32 HxW.
 
@@ -276,6 +287,30 @@ def pair_by_stem(a_files: Sequence[Path], b_files: Sequence[Path],
         else:
             lonely_a.append(f)
     return pairs, lonely_a, sorted(b_by_stem.values())
+
+
+def read_epoch_log(path, keep_epochs: int) -> list[dict]:
+    """The rows of a training log CSV (column `epoch`) up to `keep_epochs`: what a resumed
+    run keeps of its log."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [row for row in csv.DictReader(fh) if int(row["epoch"]) <= keep_epochs]
+
+
+def write_csv_rows(path, rows: Sequence[dict], fields: Sequence[str]) -> Path:
+    """A CSV with a header, atomically."""
+    import csv
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(fields))
+            writer.writeheader()
+            writer.writerows(rows)
+    return Path(path)
 
 
 def sha256(path) -> str:

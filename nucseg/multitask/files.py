@@ -19,6 +19,7 @@ from nucseg._version import __version__
 from nucseg.io import InputError, atomic_path
 from nucseg.multitask.network import NetworkConfig
 from nucseg.multitask.targets import TargetOptions
+from nucseg.unet.files import save_weights  # noqa: F401  (one writer for Keras 3 weights)
 
 FORMAT = "nucseg-multitask-unet"
 FORMAT_VERSION = 1
@@ -91,19 +92,6 @@ def write_config(run_dir, config: RunConfig) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(_plain(config.to_dict()), sort_keys=False),
                        encoding="utf-8")
-    return path
-
-
-def save_weights(keras_model, path) -> Path:
-    """Keras 3 native weights, atomically (Keras insists on the .weights.h5 suffix)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        keras_tmp = tmp.with_name(tmp.name.removesuffix(".h5") + ".weights.h5")
-        try:
-            keras_model.save_weights(str(keras_tmp))
-            keras_tmp.replace(tmp)
-        finally:
-            keras_tmp.unlink(missing_ok=True)
     return path
 
 

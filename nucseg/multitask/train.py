@@ -10,7 +10,6 @@ weights, and a run stopped after epoch k and resumed gives the same weights as o
 """
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nucseg.io import InputError, atomic_path, read_labels, read_rgb
+from nucseg.io import (InputError, atomic_path, read_epoch_log, read_image_and_labels,
+                       write_csv_rows)
 from nucseg.multitask.files import (RunConfig, WEIGHTS_NAME, load_weights_into, read_config,
                                     save_weights, write_config)
 from nucseg.multitask.network import TASKS, LossWeights, NetworkConfig
@@ -78,12 +78,7 @@ def load_tiles(pairs, targets: TargetOptions) -> list[Tile]:
     """Read (image, label map) pairs and make their targets; the first bad file stops."""
     tiles = []
     for image_path, label_path in pairs:
-        rgb = read_rgb(image_path)
-        labels = read_labels(label_path)
-        if labels.shape != rgb.shape[:2]:
-            raise InputError(label_path, f"label map is {labels.shape[0]}x{labels.shape[1]} but "
-                                         f"its image {Path(image_path).name} is "
-                                         f"{rgb.shape[0]}x{rgb.shape[1]}")
+        rgb, labels = read_image_and_labels(image_path, label_path)
         tiles.append(Tile(Path(image_path).stem,
                           np.dstack([rgb, make_targets(labels, targets)]), labels))
     return tiles
@@ -154,21 +149,6 @@ def _load_state(run_dir: Path, optimizer) -> int:
         return int(data["epochs_done"])
 
 
-def _read_log(path: Path, keep: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [row for row in csv.DictReader(fh) if int(row["epoch"]) <= keep]
-
-
-def _write_log(path: Path, rows: list[dict]):
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-
 def resolve_run(run_dir: Path, network: NetworkConfig, targets: TargetOptions,
                 opts: TrainOptions, resume: bool) -> tuple[RunConfig, TrainOptions]:
     """The run to train: new, or the saved one on --resume (only the epoch count may grow)."""
@@ -215,7 +195,7 @@ def train_multitask(pairs, run_dir, network: NetworkConfig | None = None,
         if log:
             log(f"encoder initialised from {opts.init_backbone}: {init['layers_loaded']} layers")
     run_dir.mkdir(parents=True, exist_ok=True)
-    rows = _read_log(run_dir / LOG_NAME, start)
+    rows = read_epoch_log(run_dir / LOG_NAME, start)
     config.training = {"options": opts.to_dict(), "images": [str(p) for p, _ in pairs],
                        "labels": [str(p) for _, p in pairs], "epochs_done": start,
                        **({"init_backbone": init} if init else
@@ -253,7 +233,7 @@ def train_multitask(pairs, run_dir, network: NetworkConfig | None = None,
                      **{t: round(means[k + 1], 6) for k, t in enumerate(TASKS)},
                      "seconds": round(time.monotonic() - epoch_start, 2)})
         _finish_epoch(run_dir, model, optimizer, config, epoch + 1, opts)
-        _write_log(run_dir / LOG_NAME, rows)
+        write_csv_rows(run_dir / LOG_NAME, rows, LOG_FIELDS)
         if progress:
             tqdm.write(f"epoch {epoch + 1}: loss {rows[-1]['loss']} (" + ", ".join(
                 f"{t} {rows[-1][t]}" for t in TASKS) + ")", file=sys.stderr)

@@ -16,7 +16,6 @@ epoch k and resumed gives the same weights as one run straight through.
 """
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nucseg.io import InputError, read_labels, read_rgb
+from nucseg.io import InputError, read_epoch_log, read_image_and_labels, write_csv_rows
 from nucseg.unet.files import (CHANNEL_SETS, UNetConfig, read_config, save_weights,
                                write_config)
 from nucseg.unet.predict import model_input, pad_to, padded_size, predict_array
@@ -72,12 +71,7 @@ def load_samples(pairs, channels) -> list[Sample]:
 
     samples = []
     for image_path, label_path in pairs:
-        rgb = read_rgb(image_path)
-        labels = read_labels(label_path)
-        if labels.shape != rgb.shape[:2]:
-            raise InputError(label_path, f"label map is {labels.shape[0]}x{labels.shape[1]} "
-                                         f"but its image {Path(image_path).name} is "
-                                         f"{rgb.shape[0]}x{rgb.shape[1]}")
+        rgb, labels = read_image_and_labels(image_path, label_path)
         samples.append(Sample(Path(image_path).stem, model_input(rgb, channels),
                               label_distance_map(labels)))
     return samples
@@ -182,23 +176,6 @@ def _load_state(model_dir: Path, model, optimizer) -> int:
         return int(data["epochs_done"])
 
 
-def _read_log(path: Path, keep_epochs: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [row for row in csv.DictReader(fh) if int(row["epoch"]) <= keep_epochs]
-
-
-def _write_log(path: Path, rows: list[dict]):
-    from nucseg.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-
 def _resolve_config(model_dir: Path, opts: TrainOptions, resume: bool) -> UNetConfig:
     """The network to train: new from options, or the saved one (options must agree)."""
     has_model = (model_dir / "unet.json").is_file()
@@ -246,7 +223,7 @@ def train_unet(pairs, model_dir, opts: TrainOptions | None = None, resume: bool 
         model.load_weights(str(model_dir / "unet.weights.h5"))
         start_epoch = _load_state(model_dir, model, optimizer)
     model_dir.mkdir(parents=True, exist_ok=True)
-    log_rows = _read_log(model_dir / LOG_NAME, start_epoch)
+    log_rows = read_epoch_log(model_dir / LOG_NAME, start_epoch)
     config.training = {**{k: v for k, v in vars(opts).items() if k != "extra"}, **opts.extra,
                        "width": config.width, "hematoxylin": config.uses_hematoxylin,
                        "images": [str(p) for p, _ in pairs], "epochs_done": start_epoch}
@@ -284,7 +261,7 @@ def train_unet(pairs, model_dir, opts: TrainOptions | None = None, resume: bool 
                "seconds": round(time.monotonic() - epoch_start, 2)}
         _finish_epoch(model_dir, model, optimizer, config, epoch + 1, opts)
         log_rows.append(row)
-        _write_log(model_dir / LOG_NAME, log_rows)
+        write_csv_rows(model_dir / LOG_NAME, log_rows, LOG_FIELDS)
         if progress:
             tqdm.write(f"epoch {epoch + 1}: train_mse {row['train_mse']}"
                        + (f", val_mse {row['val_mse']}" if val_samples else ""), file=sys.stderr)
