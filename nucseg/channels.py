@@ -25,6 +25,33 @@ DISTANCE_SUFFIXES = ("_dist.tif", "_dist.tiff", "_dist.npy", "_unet.npy", ".tif"
 
 
 SCALINGS = ("per_image", "fixed")
+#: the extra input channels after R, G, B, in their fixed order
+EXTRA_NAMES = ("distance", "hematoxylin")
+#: `nucseg train --inputs` -> the extra channels
+INPUT_SETS = {"rgb": (), "rgb+distance": ("distance",), "rgb+h": ("hematoxylin",),
+              "rgb+distance+h": EXTRA_NAMES}
+
+
+def extra_channels(config) -> tuple[str, ...]:
+    """The extra channels a model takes after R, G, B: EXTRA_CHANNELS, or by channel count
+    (3: none, 5: distance and hematoxylin, the paper's). A 4-channel model must name its one
+    extra channel (the input ablation of the paper's Figure 5)."""
+    count = int(getattr(config, "IMAGE_CHANNEL_COUNT", 3))
+    named = getattr(config, "EXTRA_CHANNELS", None)
+    if named is None:
+        if count in (3, 5):
+            return () if count == 3 else EXTRA_NAMES
+        raise ValueError(f"IMAGE_CHANNEL_COUNT {count} needs EXTRA_CHANNELS (which of "
+                         f"{', '.join(EXTRA_NAMES)} follow R, G, B)")
+    named = tuple(str(n) for n in named)
+    if any(n not in EXTRA_NAMES for n in named) or len(set(named)) != len(named) or \
+            list(named) != [n for n in EXTRA_NAMES if n in named]:
+        raise ValueError(f"EXTRA_CHANNELS must be a subset of {list(EXTRA_NAMES)} in that "
+                         f"order, got {list(named)}")
+    if len(named) != count - 3:
+        raise ValueError(f"EXTRA_CHANNELS names {len(named)} channel(s) but IMAGE_CHANNEL_COUNT "
+                         f"is {count} (3 + extras)")
+    return named
 
 
 @dataclass(frozen=True)
@@ -87,9 +114,11 @@ class ChannelScaling:
     def hstain(self, h: np.ndarray) -> np.ndarray:
         return self._scale(h, self.hstain_od)
 
-    def stack(self, rgb: np.ndarray, dist: np.ndarray, h: np.ndarray) -> np.ndarray:
-        """[R, G, B, distance, H] uint8."""
-        return np.dstack([rgb, self.distance(dist), self.hstain(h)])
+    def stack(self, rgb: np.ndarray, dist: np.ndarray | None, h: np.ndarray | None,
+              extras=EXTRA_NAMES) -> np.ndarray:
+        """[R, G, B, distance, H] uint8, or the extra channels named in `extras`."""
+        planes = {"distance": lambda: self.distance(dist), "hematoxylin": lambda: self.hstain(h)}
+        return np.dstack([rgb] + [planes[name]() for name in extras])
 
 
 @dataclass
@@ -138,8 +167,8 @@ def distance_map(rgb: np.ndarray, stem: str, sources: ChannelSources,
         return _read_map(find_map(sources.distance_dir, stem, DISTANCE_SUFFIXES, "distance"),
                          rgb.shape[:2])
     if sources.distance_model is None:
-        raise ValueError("the model takes 5 channels (RGB, distance, hematoxylin): give "
-                         "--distance-model DIR (a U-Net) or --distance-dir DIR")
+        raise ValueError("the model takes a distance channel: give --distance-model DIR (a "
+                         "U-Net) or --distance-dir DIR")
     from nucseg.unet import predict_distance
 
     return predict_distance(sources.distance_model, rgb, hstain)
@@ -147,14 +176,19 @@ def distance_map(rgb: np.ndarray, stem: str, sources: ChannelSources,
 
 def model_input(rgb: np.ndarray, channel_count: int, stem: str = "",
                 sources: ChannelSources | None = None,
-                scaling: ChannelScaling | None = None) -> tuple[np.ndarray, dict]:
-    """(HxWxC uint8 detector input, {"hstain": float map or None}) for an RGB uint8 image."""
+                scaling: ChannelScaling | None = None,
+                extras: tuple | None = None) -> tuple[np.ndarray, dict]:
+    """(HxWxC uint8 detector input, {"hstain": float map or None}) for an RGB uint8 image.
+    `extras`: the extra channels (nucseg.channels.extra_channels); default by channel count."""
     sources = sources or ChannelSources()
-    if channel_count == 3:
+    if extras is None:
+        if channel_count not in (3, 5):
+            raise ValueError(f"unsupported IMAGE_CHANNEL_COUNT {channel_count} without "
+                             "EXTRA_CHANNELS: nucseg models take 3 (RGB), 4 (RGB + one of "
+                             "distance, hematoxylin) or 5 channels")
+        extras = () if channel_count == 3 else EXTRA_NAMES
+    if not extras:
         return rgb, {"hstain": None}
-    if channel_count != 5:
-        raise ValueError(f"unsupported IMAGE_CHANNEL_COUNT {channel_count}: nucseg models take "
-                         "3 (RGB) or 5 (RGB, distance, hematoxylin) channels")
     hstain = hematoxylin_map(rgb, stem, sources)
-    dist = distance_map(rgb, stem, sources, hstain)
-    return (scaling or ChannelScaling()).stack(rgb, dist, hstain), {"hstain": hstain}
+    dist = distance_map(rgb, stem, sources, hstain) if "distance" in extras else None
+    return (scaling or ChannelScaling()).stack(rgb, dist, hstain, extras), {"hstain": hstain}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nucseg.channels import ChannelScaling, ChannelSources, model_input
+from nucseg.channels import ChannelScaling, ChannelSources, extra_channels, model_input
 from nucseg.export import write_geojson, write_nuclei_csv, write_overlay
 from nucseg.io import (InputError, make_record, read_rgb, run_batch, write_labels,
                        write_record)
@@ -108,10 +108,11 @@ def image_members(detectors, rgb: np.ndarray, stem: str, opts: PredictOptions,
     for k, detector in enumerate(detectors):
         channels = int(detector.config.IMAGE_CHANNEL_COUNT)
         scaling = ChannelScaling.from_config(detector.config)
-        key = (channels, scaling)
+        extras = extra_channels(detector.config)
+        key = (channels, scaling, extras)
         if key not in inputs:
             t0 = time.perf_counter()
-            inputs[key] = model_input(rgb, channels, stem, sources, scaling)[0]
+            inputs[key] = model_input(rgb, channels, stem, sources, scaling, extras)[0]
             timings["channels"] = timings.get("channels", 0.0) + time.perf_counter() - t0
         for view in views:
             t0 = time.perf_counter()
@@ -397,10 +398,10 @@ def predict_from_paths(images, model_paths, ensemble, outdir, opts: PredictOptio
         sources.distance_model = load_unet(distance_model)
     detectors = [load_model(spec, opts.batch_size, **(config_overrides or {})) for spec in specs]
     for detector in detectors:
-        if detector.config.IMAGE_CHANNEL_COUNT == 5 and sources.distance_dir is None \
+        if "distance" in extra_channels(detector.config) and sources.distance_dir is None \
                 and sources.distance_model is None:
-            raise ValueError(f"model {detector.name} takes 5 channels (RGB, distance, "
-                             "hematoxylin): give --distance-model DIR or --distance-dir DIR")
+            raise ValueError(f"model {detector.name} takes a distance channel (RGB, distance, "
+                             "...): give --distance-model DIR or --distance-dir DIR")
     same_settings_or_refuse(outdir, SETTINGS_FILE, settings, opts.resume)   # models loaded
     models = [{"name": s.name, "weights": str(s.weights), "weights_sha256": sha256(s.weights),
                "config": str(s.config),
@@ -410,7 +411,7 @@ def predict_from_paths(images, model_paths, ensemble, outdir, opts: PredictOptio
     if shipped:
         models[0]["shipped_model"] = shipped[0].name
     for entry, detector in zip(models, detectors):
-        if detector.config.IMAGE_CHANNEL_COUNT == 5 and sources.distance_model is not None:
+        if "distance" in extra_channels(detector.config) and sources.distance_model is not None:
             entry["distance_model"] = str(sources.distance_model.model_dir)
     failures, _ = predict_images(paths, detectors, outdir, opts, sources, models, log,
                                  slide_opts)

@@ -410,6 +410,25 @@ def parse_epochs(text: str | None) -> list[int] | None:
         raise ValueError(f"--epochs takes comma-separated integers, got {text!r}") from None
 
 
+def with_inputs(config, inputs: str | None):
+    """`--inputs rgb|rgb+distance|rgb+h|rgb+distance+h`: the paper's input ablation. The
+    channel means are the base config's for the channels kept (it must have all five)."""
+    if not inputs:
+        return config
+    from nucseg.channels import EXTRA_NAMES, INPUT_SETS
+
+    if inputs not in INPUT_SETS:
+        raise ValueError(f"--inputs must be one of {', '.join(INPUT_SETS)}, got {inputs!r}")
+    means = list(np.asarray(config.MEAN_PIXEL).tolist())
+    if len(means) != 5:
+        raise ValueError(f"--inputs needs a 5-channel base config (R, G, B, distance, H means);"
+                         f" this one has {len(means)} channels")
+    extras = INPUT_SETS[inputs]
+    keep = [0, 1, 2] + [3 + EXTRA_NAMES.index(name) for name in extras]
+    return config.copy(IMAGE_CHANNEL_COUNT=len(keep), EXTRA_CHANNELS=list(extras),
+                       MEAN_PIXEL=[means[i] for i in keep])
+
+
 def train_command(run_dir, images=None, labels=None, hstain=None, distance=None, classes=None,
                   config_spec="paper", backbone=None, name=None, folds=None, metadata=None,
                   resume=False, seed=0, options: TrainOptions | None = None,
@@ -431,6 +450,7 @@ def train_command(run_dir, images=None, labels=None, hstain=None, distance=None,
     if not images or not labels:
         raise ValueError("--images and --labels are required (except with --resume)")
     dataset_options = dict(dataset_options or {})
+    inputs = dataset_options.pop("inputs", None)
     if dataset_options.get("channel_scaling") is None:      # as the starting model, if shipped
         dataset_options["channel_scaling"] = init_channel_scaling(options.init)
     dataset = Dataset(images, labels, hstain_dir=hstain, distance_dir=distance, classes=classes,
@@ -447,11 +467,13 @@ def train_command(run_dir, images=None, labels=None, hstain=None, distance=None,
 
         if "IMAGE_NORMALIZATION" in Config.attribute_names():
             overrides["IMAGE_NORMALIZATION"] = "per_image"   # predict then does the same
-    config = load_config(config_spec, **overrides)
-    if config.IMAGE_CHANNEL_COUNT != 5:
+    config = with_inputs(load_config(config_spec, **overrides), inputs)
+    if config.IMAGE_CHANNEL_COUNT != 5 or inputs:
+        from nucseg.channels import extra_channels
+
         dataset = Dataset(images, labels, hstain_dir=hstain, distance_dir=distance,
                           classes=classes, channels=config.IMAGE_CHANNEL_COUNT,
-                          **dataset_options)
+                          extras=extra_channels(config), **dataset_options)
     options.loader = {**options.loader, "seed": int(seed)}
     if folds is None:
         return [train_run(config, dataset, run_dir, options, log=log)]

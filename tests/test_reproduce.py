@@ -119,8 +119,8 @@ def test_tables_plot_and_records_exist(done):
     assert yaml.safe_load((out / "models/plus/seed0.step.yaml").read_text())["status"] == \
         "finished"
     assert (out / "scores/plus_tta/seed1_record.yaml").is_file()
-    assert sorted(p.name for p in (out / "models").iterdir() if p.is_dir()) == ["plus",
-                                                                                 "standard"]
+    assert sorted(p.name for p in (out / "models").iterdir() if p.is_dir()) == [
+        "plus", "rgb_h", "standard"]
     first_run = recipe.split("# --- bin/reproduce-paper")[1]
     assert first_run.count("# reused: nucseg train") == 2 and "# done before" not in first_run
 
@@ -129,8 +129,7 @@ def test_missing_pannuke_and_unsupported_inputs_are_marked_not_run(done):
     table = (done["out"] / "table1.md").read_text()
     for row in ("+ PanNuke", "+ Ensemble + TTA + PanNuke"):
         assert "| not run: PanNuke folder" in table_row(table, row)
-    assert "not run: nucseg cannot yet train an RGB+H-only model" in table_row(
-        table, "RGB + hematoxylin")
+    assert "not run" not in table_row(table, "RGB + hematoxylin")    # 4 channels: --inputs
     assert "(not run: PanNuke folder" in (done["out"] / "paper_comparison.md").read_text()
     assert not (done["out"] / "pannuke").exists()
 

@@ -55,6 +55,9 @@ from nucseg.cli.common import claims_outdir, friendly_errors, main
               help="Give each connected component of an instance its own id.")
 @click.option("--normalize", is_flag=True,
               help="Per-image zero-mean unit-variance instead of MEAN_PIXEL subtraction.")
+@click.option("--inputs", type=click.Choice(["rgb", "rgb+distance", "rgb+h", "rgb+distance+h"]),
+              help="Input channels (the paper's Figure 5 ablation); default: the config's "
+                   "(paper: rgb+distance+h).")
 @click.option("--channel-scaling", type=click.Choice(["per_image", "fixed"]),
               help="How the distance and hematoxylin maps become 0-255 channels: per_image "
                    "(the paper: each map's maximum -> 255) or fixed (18 px and OD 0.30 -> 255, "
@@ -83,7 +86,7 @@ from nucseg.cli.common import claims_outdir, friendly_errors, main
 def train(run_dir, images, labels, hstain, distance, classes, config_spec, backbone, name,
           schedule, stage, epochs, steps_per_epoch, learning_rate, layers, optimizer, init,
           exclude, resume, folds, metadata, fill_holes, split_components, normalize,
-          channel_scaling, crop_size, no_flips, no_rotate, no_brightness, blur, checkpoint_every, precision, workers, seed,
+          inputs, channel_scaling, crop_size, no_flips, no_rotate, no_brightness, blur, checkpoint_every, precision, workers, seed,
           no_progress):
     """Train Mask R-CNN+ with the paper's staged schedule (or Matterport's).
 
@@ -128,7 +131,7 @@ def train(run_dir, images, labels, hstain, distance, classes, config_spec, backb
         results = train_command(run_dir, images, labels, hstain, distance, classes, config_spec,
                                 backbone, name, folds, metadata, resume, seed, options,
                                 {"fill_holes": fill_holes, "split_components": split_components,
-                                 "channel_scaling": channel_scaling},
+                                 "channel_scaling": channel_scaling, "inputs": inputs},
                                 log=lambda msg: click.echo(msg, err=True), extend=extend)
     except KeyboardInterrupt:
         click.echo("interrupted: the last complete checkpoint is kept; continue with --resume",

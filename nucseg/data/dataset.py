@@ -73,28 +73,33 @@ def split_components(labels: np.ndarray, classes: dict | None = None) -> tuple[n
 
 def compose_channels(rgb: np.ndarray, labels: np.ndarray | None, channels: int,
                      hstain: np.ndarray | None = None,
-                     distance: np.ndarray | None = None, scaling=None) -> np.ndarray:
+                     distance: np.ndarray | None = None, scaling=None,
+                     extras=None) -> np.ndarray:
     """The uint8 model input: RGB, or RGB + distance + hematoxylin scaled to 0-255 by
     `scaling` (a nucseg.channels.ChannelScaling; default per image, the paper's), the same
     scaling `nucseg predict` applies.
 
     Missing maps are computed: hematoxylin from the RGB, the distance map from `labels`.
+    `extras` names the extra channels (4-channel models); default by channel count.
     """
-    if channels == 3:
-        return np.ascontiguousarray(rgb)
-    if channels != 5:
-        raise ValueError(f"IMAGE_CHANNEL_COUNT must be 3 or 5, got {channels}")
-    from nucseg.channels import ChannelScaling
+    from nucseg.channels import EXTRA_NAMES, ChannelScaling
     from nucseg.distance import label_distance_map
     from nucseg.stain import hematoxylin
 
-    if distance is None:
+    if extras is None:
+        if channels not in (3, 5):
+            raise ValueError(f"IMAGE_CHANNEL_COUNT {channels} needs EXTRA_CHANNELS")
+        extras = () if channels == 3 else EXTRA_NAMES
+    extras = tuple(extras)
+    if not extras:
+        return np.ascontiguousarray(rgb)
+    if distance is None and "distance" in extras:
         if labels is None:
             raise ValueError("a distance map is needed (no labels to compute it from)")
         distance = label_distance_map(labels)
-    if hstain is None:
+    if hstain is None and "hematoxylin" in extras:
         hstain = hematoxylin(rgb)
-    return ChannelScaling.parse(scaling).stack(rgb, distance, hstain)
+    return ChannelScaling.parse(scaling).stack(rgb, distance, hstain, extras)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,10 +147,11 @@ class Dataset:
     def __init__(self, images_dir, labels_dir, hstain_dir=None, distance_dir=None,
                  channels: int = 5, classes=None, fill_holes: bool = False,
                  split_components: bool = False, names=None, cache: bool = True,
-                 channel_scaling="per_image"):
+                 channel_scaling="per_image", extras=None):
         from nucseg.channels import ChannelScaling
 
         self.scaling = ChannelScaling.parse(channel_scaling)
+        self.extras = None if extras is None else tuple(extras)
         self.images_dir, self.labels_dir = Path(images_dir), Path(labels_dir)
         for d in (self.images_dir, self.labels_dir):
             if not d.is_dir():
@@ -191,7 +197,8 @@ class Dataset:
         return {**{k: None if v is None else str(Path(v).resolve())
                    for k, v in self._source.items()},
                 "channels": self.channels, "names": list(self.names),
-                "channel_scaling": self.scaling.as_dict(), **self.options}
+                "channel_scaling": self.scaling.as_dict(),
+                "extras": None if self.extras is None else list(self.extras), **self.options}
 
     @classmethod
     def from_description(cls, description: dict) -> "Dataset":
@@ -201,7 +208,7 @@ class Dataset:
         """The same data set restricted to the given stems (folds)."""
         return Dataset(**self._source, channels=self.channels, names=list(names),
                        cache=self._cache is not None, channel_scaling=self.scaling,
-                       **self.options)
+                       extras=self.extras, **self.options)
 
     def check(self, progress: bool = False) -> None:
         """Read every sample once (filling the cache), so a bad file stops training before it
@@ -256,7 +263,8 @@ class Dataset:
             hstain = self._map(self.hstain[name], rgb.shape[:2])
         if name in self.distance:
             distance = self._map(self.distance[name], rgb.shape[:2])
-        image = compose_channels(rgb, labels, self.channels, hstain, distance, self.scaling)
+        image = compose_channels(rgb, labels, self.channels, hstain, distance, self.scaling,
+                                 self.extras)
         return Sample(name, image, labels, classes)
 
     @staticmethod

@@ -104,6 +104,9 @@ class Config:
     # nucseg extra: how the distance and hematoxylin maps of a 5-channel model become uint8
     # (nucseg.channels.ChannelScaling): "per_image" (the paper: each map's maximum -> 255) or
     # "fixed" (CHANNEL_SCALE_DISTANCE px and CHANNEL_SCALE_HSTAIN optical density -> 255).
+    # nucseg extra: the channels after R, G, B (nucseg.channels.extra_channels); None: by
+    # IMAGE_CHANNEL_COUNT (5: distance, hematoxylin). 4-channel models name their one extra.
+    EXTRA_CHANNELS = None
     CHANNEL_SCALING = "per_image"
     CHANNEL_SCALE_DISTANCE = 18.0
     CHANNEL_SCALE_HSTAIN = 0.30
@@ -206,6 +209,10 @@ class Config:
             from nucseg.channels import ChannelScaling
 
             ChannelScaling.from_config(self)
+            if self.IMAGE_CHANNEL_COUNT != 3 or self.EXTRA_CHANNELS:
+                from nucseg.channels import extra_channels
+
+                extra_channels(self)
         except (TypeError, ValueError) as exc:
             fail(str(exc))
         if self.BACKBONE not in BACKBONES:
