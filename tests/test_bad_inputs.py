@@ -1,6 +1,7 @@
 """Bad input and faults across commands: each case asserts the exit code, exactly one
 `error: <file>: <problem>` line, no traceback, no file left under a final or temporary name,
-and, in a batch, that the good items were still written. (Importers: test_bad_monuseg.py, test_bad_pannuke.py.)"""
+and, in a batch, that the good items were still written.
+(Importers: test_bad_monuseg.py, test_bad_pannuke.py.)"""
 from __future__ import annotations
 
 import os
