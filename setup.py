@@ -26,8 +26,9 @@ setup(
         "albumentations>=2.0,<2.1",
         "tifffile>=2023.1",
         "imagecodecs>=2023.1",
-        "openslide-python>=1.4",      # whole-slide images (nucseg.slides)
+        "openslide-python>=1.4",      # whole-slide images (nucseg.prediction.slides)
         "openslide-bin>=4.0",         # the OpenSlide library itself, as a wheel
+        "dask[distributed]>=2024.1",  # --dask: blocks, tiles and folds on a cluster
         "Pillow>=10.0",
         "h5py>=3.8",
         "click>=8.1",

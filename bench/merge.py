@@ -14,8 +14,8 @@ import tracemalloc
 
 import numpy as np
 
-from nucseg.members import Member
-from nucseg.merge import merge_mask_nms, merge_vote
+from nucseg.prediction.members import Member
+from nucseg.prediction.merge import merge_mask_nms, merge_vote
 
 
 def soft_ellipse(cy, cx, ry, rx, shape, margin=3):

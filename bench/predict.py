@@ -3,7 +3,7 @@ TTA x 5 models (20 members), with peak memory; real Mask R-CNN+ graphs with rand
 
 Each case runs in its own process so its peak resident memory is its own. The whole pipeline
 is timed (channels, every member's detection, merge, writing the outputs) by
-nucseg.predict.predict_image; the distance channel is read from a file made from the tile's
+nucseg.prediction.predict.predict_image; the distance channel is read from a file made from the tile's
 ground truth. Random weights make the detector return as many detections as it may, so the
 mask head and unmolding work at their maximum (DETECTION_MAX_INSTANCES).
 
@@ -33,12 +33,12 @@ def run_case(n_members: int, args) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
 
-    from nucseg.channels import ChannelSources
+    from nucseg.prediction.channels import ChannelSources
     from nucseg.distance import label_distance_map
     from nucseg.io import read_labels, write_float_map
     from nucseg.model_files import inference_config
     from nucseg.mrcnn import Config, MaskRCNN
-    from nucseg.predict import PredictOptions, predict_image
+    from nucseg.prediction.predict import PredictOptions, predict_image
 
     n_models, tta = CASES[n_members]
     work = Path(tempfile.mkdtemp(prefix="bench_predict_"))

@@ -55,9 +55,9 @@ def main() -> int:
     import yaml
 
     from nucseg.baseline import baseline_file
-    from nucseg.channels import ChannelSources
+    from nucseg.prediction.channels import ChannelSources
     from nucseg.io import expand_inputs
-    from nucseg.predict import PredictOptions, merge_from_paths, predict_from_paths
+    from nucseg.prediction.predict import PredictOptions, merge_from_paths, predict_from_paths
     from nucseg.scoring import score_directories
 
     out = Path(args.out)

@@ -148,10 +148,10 @@ def tile_input(name, distance):
 def detect_labels(model, image, tile_size):
     """One model, no TTA, as `nucseg predict` runs it: tiled, then merged into a label map.
     Returns the label map and {label: score}."""
-    from nucseg.members import Member
-    from nucseg.merge import merge_members
-    from nucseg.predict import PredictOptions
-    from nucseg.tiling import detect_tiled
+    from nucseg.prediction.members import Member
+    from nucseg.prediction.merge import merge_members
+    from nucseg.prediction.predict import PredictOptions
+    from nucseg.prediction.tiling import detect_tiled
 
     opts = PredictOptions(tile_size=tile_size)
     found, _ = detect_tiled(model, image, opts.tile_size, opts.overlap,
@@ -264,7 +264,7 @@ def train_and_report(config, dataset, args, run_dir):
 
 
 def main():
-    from nucseg.predict import PredictOptions
+    from nucseg.prediction.predict import PredictOptions
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget-minutes", type=float, default=60.0,

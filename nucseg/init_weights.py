@@ -39,7 +39,7 @@ def init_weights(model, config, init, exclude=()) -> dict:
 def init_channel_scaling(init):
     """The channel scaling a fine-tuning run inherits: the shipped model's for `--init NAME`,
     else the paper's per-image scaling."""
-    from nucseg.channels import ChannelScaling
+    from nucseg.prediction.channels import ChannelScaling
     from nucseg.models import named
 
     shipped = named(init) if init not in (None, "", "none", "last") else None

@@ -33,6 +33,9 @@ class InputError(Exception):
         self.problem = problem
         super().__init__(f"{path}: {problem}")
 
+    def __reduce__(self):                   # pickled by path and problem (Dask tasks)
+        return type(self), (self.path, self.problem)
+
 
 # ---------------------------------------------------------------------------------------------
 # reading

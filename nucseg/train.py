@@ -355,11 +355,12 @@ FOLD_PLAN = "folds_plan.yaml"
 
 
 def train_folds(config, dataset, run_dir, options: TrainOptions, folds, resume=False,
-                log=print, extend=None) -> list[dict]:
+                log=print, extend=None, dask=None) -> list[dict]:
     """One model per fold, each in run_dir/<fold name>/, trained without its held-out images.
 
     The plan (config, options, data, folds) is written first, so `resume_folds` can finish
-    folds that an interruption left unstarted.
+    folds that an interruption left unstarted. With `dask` (a
+    nucseg.prediction.distributed.DaskWork) the folds train as parallel tasks, one per worker.
     """
     from nucseg.io import make_record, write_record
 
@@ -369,20 +370,39 @@ def train_folds(config, dataset, run_dir, options: TrainOptions, folds, resume=F
         "config": config.to_dict(), "options": options.to_dict(),
         "dataset": dataset.describe(),
         "folds": [{"name": n, "train": list(t), "held_out": list(h)} for n, t, h in folds]})
-    results = []
-    for fold_name, train_names, held_out in folds:
-        log(f"fold {fold_name}: {len(train_names)} training images, {len(held_out)} held out")
-        summary = train_run(config, dataset.subset(train_names), run_dir / fold_name, options,
-                            resume=resume and (run_dir / fold_name / "config.yaml").is_file(),
-                            log=log, extend=extend)
+    calls = [(config.to_dict(), dataset.subset(train_names).describe(), str(run_dir / name),
+              options.to_dict(), resume and (run_dir / name / "config.yaml").is_file(), extend)
+             for name, train_names, _ in folds]
+    if dask is None:
+        results = []
+        for call, (fold_name, train_names, held_out) in zip(calls, folds):
+            log(f"fold {fold_name}: {len(train_names)} training images, {len(held_out)} "
+                "held out")
+            results.append(train_fold(*call, log=log))
+    else:
+        log(f"{len(folds)} folds as Dask tasks on {dask.workers()} worker(s)")
+        results = dask.map(train_fold, calls, [str(run_dir / name) for name, _, _ in folds])
+    for summary, (fold_name, _, held_out) in zip(results, folds):
         summary.update(fold=fold_name, held_out=held_out)
-        results.append(summary)
     write_record(run_dir / "folds.yaml", make_record("train --folds", options=options.to_dict(),
                                                      folds=results))
     return results
 
 
-def resume_folds(run_dir, options: TrainOptions, log=print, extend=None) -> list[dict]:
+def train_fold(config: dict, dataset: dict, run_dir: str, options: dict, resume: bool,
+               extend=None, log=None) -> dict:
+    """One fold model from plain values (config dict, data set description), so that a Dask
+    worker can run it: train_run on the rebuilt objects."""
+    from nucseg.data.dataset import Dataset
+    from nucseg.mrcnn.config import Config
+
+    return train_run(Config(**config), Dataset.from_description(dataset), Path(run_dir),
+                     TrainOptions(**options), resume=resume, log=log or (lambda msg: None),
+                     extend=extend)
+
+
+def resume_folds(run_dir, options: TrainOptions, log=print, extend=None,
+                 dask=None) -> list[dict]:
     """Continue an ensemble run: every fold, including those not started before the stop."""
     from nucseg.data.dataset import Dataset
     from nucseg.mrcnn.config import Config
@@ -397,7 +417,7 @@ def resume_folds(run_dir, options: TrainOptions, log=print, extend=None) -> list
     folds = [(f["name"], f["train"], f["held_out"]) for f in plan["folds"]]
     return train_folds(Config(**plan["config"]), Dataset.from_description(plan["dataset"]),
                        run_dir, TrainOptions(**saved), folds, resume=True, log=log,
-                       extend=extend)
+                       extend=extend, dask=dask)
 
 
 def parse_epochs(text: str | None) -> list[int] | None:
@@ -415,7 +435,7 @@ def with_inputs(config, inputs: str | None):
     channel means are the base config's for the channels kept (it must have all five)."""
     if not inputs:
         return config
-    from nucseg.channels import EXTRA_NAMES, INPUT_SETS
+    from nucseg.prediction.channels import EXTRA_NAMES, INPUT_SETS
 
     if inputs not in INPUT_SETS:
         raise ValueError(f"--inputs must be one of {', '.join(INPUT_SETS)}, got {inputs!r}")
@@ -432,10 +452,12 @@ def with_inputs(config, inputs: str | None):
 def train_command(run_dir, images=None, labels=None, hstain=None, distance=None, classes=None,
                   config_spec="paper", backbone=None, name=None, folds=None, metadata=None,
                   resume=False, seed=0, options: TrainOptions | None = None,
-                  dataset_options: dict | None = None, log=print, extend: dict | None = None):
+                  dataset_options: dict | None = None, log=print, extend: dict | None = None,
+                  dask=None):
     """What `nucseg train` does: build config and data set, then one run, folds, or a resume.
 
     `extend` applies only to a resume: new epochs per stage and/or stage (see train_run).
+    `dask` (nucseg.prediction.distributed.DaskWork) trains fold models as parallel tasks.
     """
     from nucseg.data.dataset import Dataset
     from nucseg.mrcnn.config import load_config
@@ -446,7 +468,7 @@ def train_command(run_dir, images=None, labels=None, hstain=None, distance=None,
         if (run_dir / "config.yaml").is_file():
             return [train_run(None, None, run_dir, options, resume=True, log=log,
                               extend=extend)]
-        return resume_folds(run_dir, options, log=log, extend=extend)
+        return resume_folds(run_dir, options, log=log, extend=extend, dask=dask)
     if not images or not labels:
         raise ValueError("--images and --labels are required (except with --resume)")
     dataset_options = dict(dataset_options or {})
@@ -469,7 +491,7 @@ def train_command(run_dir, images=None, labels=None, hstain=None, distance=None,
             overrides["IMAGE_NORMALIZATION"] = "per_image"   # predict then does the same
     config = with_inputs(load_config(config_spec, **overrides), inputs)
     if config.IMAGE_CHANNEL_COUNT != 5 or inputs:
-        from nucseg.channels import extra_channels
+        from nucseg.prediction.channels import extra_channels
 
         dataset = Dataset(images, labels, hstain_dir=hstain, distance_dir=distance,
                           classes=classes, channels=config.IMAGE_CHANNEL_COUNT,
@@ -492,4 +514,4 @@ def train_command(run_dir, images=None, labels=None, hstain=None, distance=None,
         except ValueError:
             raise ValueError(f"--folds takes 'organ' or a number k, got {folds!r}") from None
         fold_list = k_folds(dataset.names, k, seed=seed)
-    return train_folds(config, dataset, run_dir, options, fold_list, log=log)
+    return train_folds(config, dataset, run_dir, options, fold_list, log=log, dask=dask)

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from nucseg.cli import main
 from nucseg.io import InputError, read_float_map, read_labels, write_float_map, write_labels, \
     write_rgb
-from nucseg.members import Member, save_member
+from nucseg.prediction.members import Member, save_member
 from nucseg.outdir import TEMP_NAME, claim, same_settings_or_refuse
 
 from test_predict import BlobDetector, blob_image
@@ -138,8 +138,8 @@ def test_float_map_rules(tmp_path, value, fragment):
 def test_predict_goes_on_past_an_image_whose_distance_map_has_nan(tmp_path):
     """A 5-channel model must never run on a NaN-zeroed channel: the image fails, the batch
     goes on."""
-    from nucseg.channels import ChannelSources
-    from nucseg.predict import PredictOptions, predict_images
+    from nucseg.prediction.channels import ChannelSources
+    from nucseg.prediction.predict import PredictOptions, predict_images
 
     images = [write_rgb(tmp_path / "in" / f"t{k}.png", blob_image((64, 64), 3, seed=k))
               for k in range(2)]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nucseg.export import (CSV_COLUMNS, read_geojson, write_geojson, write_nuclei_csv,
+from nucseg.prediction.export import (CSV_COLUMNS, read_geojson, write_geojson, write_nuclei_csv,
                            write_overlay)
-from nucseg.merge import Merged
+from nucseg.prediction.merge import Merged
 
 POSITION = {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "number"}}
 RING = {"type": "array", "minItems": 4, "items": POSITION}

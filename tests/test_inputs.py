@@ -7,7 +7,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from nucseg.channels import ChannelScaling, ChannelSources, extra_channels, model_input
+from nucseg.prediction.channels import ChannelScaling, ChannelSources, extra_channels, model_input
 from nucseg.data.dataset import compose_channels
 from nucseg.mrcnn import Config
 from nucseg.train import with_inputs

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from nucseg.io import InputError
-from nucseg.members import Member, load_member, save_member
-from nucseg.merge import merge_mask_nms, merge_members, merge_vote
-from nucseg.overlap import box_iou_pairs, intersecting_pairs, mask_iou_pairs
+from nucseg.prediction.members import Member, load_member, save_member
+from nucseg.prediction.merge import merge_mask_nms, merge_members, merge_vote
+from nucseg.prediction.overlap import box_iou_pairs, intersecting_pairs, mask_iou_pairs
 
 SHAPE = (120, 160)
 

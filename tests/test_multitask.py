@@ -393,9 +393,9 @@ def test_watershed_separates_touching_nuclei_and_keeps_small_ones():
 def test_predict_writes_maps_nuclei_member_and_record(data, trained, tmp_path):
     import yaml
 
-    from nucseg.export import read_geojson
+    from nucseg.prediction.export import read_geojson
     from nucseg.io import read_float_map
-    from nucseg.members import load_member
+    from nucseg.prediction.members import load_member
 
     out = tmp_path / "pred"
     result = run_cli("predict", data / "images" / "tile0.png", data / "images" / "tile1.png",
@@ -435,7 +435,7 @@ def test_predict_writes_maps_nuclei_member_and_record(data, trained, tmp_path):
 # 4. ensemble: the U-Net's member merged with a Mask R-CNN member by MASK-NMS
 # ---------------------------------------------------------------------------------------------
 def test_mask_nms_merge_keeps_the_unets_extra_small_nucleus(tmp_path):
-    from nucseg.members import Member, save_member
+    from nucseg.prediction.members import Member, save_member
     from nucseg.multitask.predict import as_member, scored_nuclei
 
     shape = (64, 96)
@@ -473,7 +473,7 @@ def test_mask_nms_merge_keeps_the_unets_extra_small_nucleus(tmp_path):
 
 
 def test_merge_refuses_a_member_of_another_image_size(tmp_path):
-    from nucseg.members import save_member
+    from nucseg.prediction.members import save_member
     from nucseg.multitask.predict import as_member, scored_nuclei
 
     for name, shape in (("tile_member00.npz", (64, 96)), ("tile_member99.npz", (64, 64))):

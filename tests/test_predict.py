@@ -12,13 +12,14 @@ import tifffile
 import yaml
 from click.testing import CliRunner
 
-from nucseg.channels import ChannelSources, model_input
+from nucseg.prediction.channels import ChannelSources, model_input
 from nucseg.cli import main
 from nucseg.io import read_labels, read_rgb, write_float_map, write_rgb
-from nucseg.members import Member
-from nucseg.predict import (PredictOptions, image_members, merge_from_paths, predict_images)
-from nucseg.tiling import detect_tiled, plan_tiles
-from nucseg.tta import View, make_views
+from nucseg.prediction.members import Member
+from nucseg.prediction.predict import (PredictOptions, image_members, merge_from_paths,
+                                       predict_images)
+from nucseg.prediction.tiling import detect_tiled, plan_tiles
+from nucseg.prediction.tta import View, make_views
 
 from synthetic import write_random_detector_run
 
@@ -282,7 +283,7 @@ def test_five_channel_input_order_and_scaling(tmp_path):
 def test_fixed_channel_scaling_gives_a_nucleus_the_same_input_in_any_tile(tmp_path):
     """Per-image scaling depends on the tile a nucleus is cut from; fixed scaling must not
     (slides run in blocks), and training (compose_channels) must scale as predict does."""
-    from nucseg.channels import ChannelScaling
+    from nucseg.prediction.channels import ChannelScaling
     from nucseg.data.dataset import compose_channels
     from nucseg.mrcnn import Config
     from nucseg.stain import hematoxylin

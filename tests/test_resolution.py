@@ -1,4 +1,4 @@
-"""Tiles at another magnification than the model's (nucseg.resolution): a 20x tile is
+"""Tiles at another magnification than the model's (nucseg.prediction.resolution): a 20x tile is
 resampled to the model's 40x, and its nuclei come back in the tile's own pixels."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import yaml
 
 from nucseg.io import read_labels, write_float_map, write_rgb
 from nucseg.metrics import score_pair
-from nucseg.predict import PredictOptions, merge_from_paths, predict_images
-from nucseg.resolution import tile_resolution
-from nucseg.slides import SlideOptions
+from nucseg.prediction.predict import PredictOptions, merge_from_paths, predict_images
+from nucseg.prediction.resolution import tile_resolution
+from nucseg.prediction.slides import SlideOptions
 
 from test_predict import BlobDetector, blob_image
 
@@ -80,7 +80,7 @@ def test_a_20x_tile_is_found_at_the_model_resolution_and_reported_in_its_own(tmp
 
 
 def test_maps_from_files_cannot_be_used_with_resampling(tmp_path, tile_20x):
-    from nucseg.channels import ChannelSources
+    from nucseg.prediction.channels import ChannelSources
 
     tagged, _, _, _ = tile_20x
     write_float_map(tmp_path / "d" / "tagged_dist.tif", np.ones((160, 160), np.float32))

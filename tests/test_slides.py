@@ -24,10 +24,10 @@ from test_predict import BlobDetector, blob_image
 
 from nucseg.cli import main
 from nucseg.io import InputError
-from nucseg.merge import merge_members
-from nucseg.predict import PredictOptions, image_members, predict_images
-from nucseg.slides import SlideOptions, is_slide, open_slide, predict_slide
-from nucseg.slides.reader import TiffReader
+from nucseg.prediction.merge import merge_members
+from nucseg.prediction.predict import PredictOptions, image_members, predict_images
+from nucseg.prediction.slides import SlideOptions, is_slide, open_slide, predict_slide
+from nucseg.prediction.slides.reader import TiffReader
 
 TILE = 700
 DATA = Path(__file__).resolve().parent / "data" / "monuseg2018" / "images"
@@ -126,7 +126,7 @@ def match(masks, labels) -> tuple[int, list]:
 
 
 def duplicate_pairs(masks, shape, threshold=0.3) -> int:
-    from nucseg.overlap import mask_iou_pairs
+    from nucseg.prediction.overlap import mask_iou_pairs
 
     rois = np.array([m[0] for m in masks]).reshape(-1, 4)
     return len(mask_iou_pairs(rois, [m[1] for m in masks], shape, threshold)[0])
@@ -193,8 +193,8 @@ def test_ome_and_striped_tiffs_are_read_by_tifffile(tmp_path):
 def test_real_he_mosaic_is_tissue(tmp_path):
     """MoNuSeg crops (CC BY-NC-SA, tests/data) as a 3 x 3 slide with a glass margin: the
     tissue detector keeps the crops and not the glass."""
-    from nucseg.slides.frame import read_overview
-    from nucseg.slides.tissue import detect_tissue
+    from nucseg.prediction.slides.frame import read_overview
+    from nucseg.prediction.slides.tissue import detect_tissue
 
     crop = tifffile.imread(DATA / "TCGA-B0-5698-01Z-00-DX1_r244-755_c244-755.tif")[..., :3]
     tissue = np.concatenate([np.concatenate([crop] * 3, 1)] * 3, 0)
@@ -329,7 +329,7 @@ def test_tissue_mask_file_limits_the_blocks(slide40, tmp_path):
 
 
 def test_per_image_channel_scaling_warns():
-    from nucseg.slides.predict import _warn_scaling
+    from nucseg.prediction.slides.predict import _warn_scaling
 
     five = SimpleNamespace(config=SimpleNamespace(IMAGE_CHANNEL_COUNT=5), name="m")
     with pytest.warns(UserWarning, match="block by block"):
@@ -413,7 +413,7 @@ def test_missing_pixel_size_is_given_with_mpp(slide40, tmp_path):
 def test_a_nucleus_on_a_core_edge_is_kept_once_when_blocks_disagree_on_its_centroid():
     """Block A (core x < 100) and block B (x >= 100) see one nucleus with centroids on either
     side of the edge, in both orders: exactly one keeps it (the earlier block, A)."""
-    from nucseg.slides.blocks import Owner, plan_blocks
+    from nucseg.prediction.slides.blocks import Owner, plan_blocks
 
     a, b = plan_blocks(200, 100, 100, 40)
     crop = np.ones((10, 10), bool)
@@ -429,7 +429,7 @@ def test_a_nucleus_on_a_core_edge_is_kept_once_when_blocks_disagree_on_its_centr
 
 def test_a_block_that_fails_to_read_is_retried_once_then_fails_the_slide(slide40, tmp_path,
                                                                         monkeypatch):
-    from nucseg.slides import reader as readers
+    from nucseg.prediction.slides import reader as readers
 
     calls = []
     real = readers.OpenSlideReader.read

@@ -81,7 +81,7 @@ def test_organ_folds_say_which_groups_have_no_images(tmp_path, monkeypatch):
     meta = tmp_path / "meta.csv"
     meta.write_text("id,organ\nb1,Breast\nl1,Liver\nl2,liver\n")
     planned, lines = [], []
-    monkeypatch.setattr(T, "train_folds", lambda config, data, run, opts, folds, log:
+    monkeypatch.setattr(T, "train_folds", lambda config, data, run, opts, folds, log, dask:
                         planned.extend(f[0] for f in folds) or [])
     T.train_command(tmp_path / "run", tmp_path / "im", tmp_path / "lab", folds="organ",
                     metadata=meta, log=lines.append)
@@ -277,20 +277,32 @@ def test_cli_train_and_resume(tmp_path, monkeypatch):
 class _FakeFoldData:
     names = ["a", "b", "c", "d"]
 
+    def __init__(self, names=None):
+        self.names = list(names or _FakeFoldData.names)
+
     def subset(self, names):
-        return names
+        return _FakeFoldData(names)
 
     def describe(self):
         return {"names": self.names}
 
 
-def test_train_folds_one_subdirectory_per_fold(tmp_path, monkeypatch):
+@pytest.fixture
+def fake_fold_data(monkeypatch):
+    """Fold data sets rebuild from their description (as on a Dask worker) as fakes."""
+    import nucseg.data.dataset
+
+    monkeypatch.setattr(nucseg.data.dataset.Dataset, "from_description",
+                        classmethod(lambda cls, d: _FakeFoldData(d.get("names"))))
+
+
+def test_train_folds_one_subdirectory_per_fold(tmp_path, monkeypatch, fake_fold_data):
     from nucseg.mrcnn.config import Config
 
     calls = []
 
     def fake_run(config, dataset, run_dir, options, resume=False, log=print, extend=None):
-        calls.append((Path(run_dir).name, list(dataset)))
+        calls.append((Path(run_dir).name, list(dataset.names)))
         return {"run_dir": str(run_dir)}
 
     monkeypatch.setattr(T, "train_run", fake_run)
@@ -306,9 +318,9 @@ def test_train_folds_one_subdirectory_per_fold(tmp_path, monkeypatch):
                                                                reversed(calls)]
 
 
-def test_resume_folds_finishes_folds_an_interruption_left_unstarted(tmp_path, monkeypatch):
+def test_resume_folds_finishes_folds_an_interruption_left_unstarted(tmp_path, monkeypatch,
+                                                                    fake_fold_data):
     """A crash in fold 2 of 3: --resume continues folds 1 and 2, then starts fold 3."""
-    import nucseg.data.dataset
     from nucseg.mrcnn.config import Config
 
     calls, crash_in = [], ["fold2"]
@@ -323,8 +335,6 @@ def test_resume_folds_finishes_folds_an_interruption_left_unstarted(tmp_path, mo
         return {"run_dir": str(run_dir)}
 
     monkeypatch.setattr(T, "train_run", fake_run)
-    monkeypatch.setattr(nucseg.data.dataset.Dataset, "from_description",
-                        classmethod(lambda cls, d: _FakeFoldData()))
     folds = T.k_folds(_FakeFoldData.names, 3, seed=0)
     options = T.TrainOptions(epochs=[1, 2, 1, 1])
     with pytest.raises(RuntimeError, match="crash"):

@@ -102,3 +102,10 @@ def require_inputs(files, what: str):
     if not files:
         raise ValueError(f"no {what} found in the given paths")
     return files
+
+
+def dask_option(fn):
+    """--dask local:N | tcp://HOST:PORT (nucseg.prediction.distributed)."""
+    from nucseg.prediction.distributed import DASK_HELP
+
+    return click.option("--dask", metavar="local:N|tcp://HOST:PORT", help=DASK_HELP)(fn)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from nucseg.cli.common import claims_outdir, finish_batch, friendly_errors, main
+from nucseg.cli.common import (claims_outdir, dask_option, finish_batch, friendly_errors,
+                               main)
 from nucseg.cli.slides import slide_options
 
 
@@ -40,7 +41,7 @@ def _merge_options(fn):
 
 def _predict_options(merge_method, iou_threshold, iou_type, min_members, mask_threshold,
                      min_area, geojson, gzip_geojson, write_csv, overlay, **more):
-    from nucseg.predict import PredictOptions
+    from nucseg.prediction.predict import PredictOptions
 
     return PredictOptions(merge=merge_method, iou_threshold=iou_threshold, iou_type=iou_type,
                           min_members=min_members, mask_threshold=mask_threshold,
@@ -82,11 +83,12 @@ def _predict_options(merge_method, iou_threshold, iou_type, min_members, mask_th
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the HSV shift.")
 @click.option("--resume", is_flag=True, help="Skip images whose outputs are complete.")
 @slide_options
+@dask_option
 @friendly_errors
 @claims_outdir("outdir")
 def predict(images, models, ensemble, outdir, tta, distance_model, distance_dir, tile_size,
             overlap, batch_size, max_detections, min_confidence, keep_members, seed, resume,
-            hstain_dir, slide_opts, **merge_opts):
+            hstain_dir, slide_opts, dask, **merge_opts):
     """Detect nuclei with one model, an ensemble and/or TTA; merge the members; write files.
 
     Per image: <stem>_labels.tif, <stem>.geojson (QuPath), <stem>_nuclei.csv,
@@ -107,9 +109,10 @@ def predict(images, models, ensemble, outdir, tta, distance_model, distance_dir,
       nucseg predict tiles/ --ensemble runs/folds/ --tta --distance-model unet/ -o pred/
       nucseg predict big.tif -m model.h5 --keep-members --overlay -o pred/
       nucseg predict scan.svs -o pred/                     # a whole slide
+      nucseg predict slides/ --dask local:4 -o pred/       # blocks on 4 worker processes
     """
-    from nucseg.channels import ChannelSources
-    from nucseg.predict import predict_from_paths
+    from nucseg.prediction.channels import ChannelSources
+    from nucseg.prediction.predict import predict_from_paths
 
     opts = _predict_options(tta=tta, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
                             keep_members=keep_members, seed=seed, resume=resume, **merge_opts)
@@ -118,7 +121,7 @@ def predict(images, models, ensemble, outdir, tta, distance_model, distance_dir,
                  "DETECTION_MIN_CONFIDENCE": min_confidence}
     failures, total = predict_from_paths(images, models, ensemble, outdir, opts, sources,
                                          overrides, distance_model, log=click.echo,
-                                         slide_opts=slide_opts)
+                                         slide_opts=slide_opts, dask=dask)
     click.echo(f"predicted {total - len(failures)} of {total} image(s) into {outdir}")
     finish_batch(failures, total)
 
@@ -143,8 +146,8 @@ def merge(members, outdir, image_dir, hstain_dir, **merge_opts):
     Example:
       nucseg merge pred/*_member*.npz -o merged/ --merge mask-nms
     """
-    from nucseg.channels import ChannelSources
-    from nucseg.predict import merge_from_paths
+    from nucseg.prediction.channels import ChannelSources
+    from nucseg.prediction.predict import merge_from_paths
 
     opts = _predict_options(**merge_opts)
     failures, total = merge_from_paths(members, outdir, opts, image_dir,

@@ -11,11 +11,11 @@ from nucseg.cli.common import friendly_errors, main
 
 def slide_options(fn):
     """Add --mpp, --tissue-mask and --block-size to a command; they reach it as one
-    `slide_opts` (nucseg.slides.SlideOptions) keyword."""
+    `slide_opts` (nucseg.prediction.slides.SlideOptions) keyword."""
     @functools.wraps(fn)
     def wrapper(*args, mpp=None, magnification=None, tissue_mask=None, block_size=None,
                 **kwargs):
-        from nucseg.slides import SlideOptions
+        from nucseg.prediction.slides import SlideOptions
 
         if mpp and magnification:
             raise click.UsageError("give --mpp or --magnification, not both")
@@ -66,7 +66,7 @@ def info(file, mpp):
       nucseg slide info export.tif --mpp 0.5
     """
     from nucseg.io import InputError
-    from nucseg.slides import is_slide, open_slide
+    from nucseg.prediction.slides import is_slide, open_slide
 
     reader = open_slide(file, mpp, require_mpp=False)
     try:

@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from nucseg.cli.common import claims_outdir, friendly_errors, main
+from nucseg.cli.common import claims_outdir, dask_option, friendly_errors, main
 
 
 @main.command("train")
@@ -81,13 +81,14 @@ from nucseg.cli.common import claims_outdir, friendly_errors, main
               help="Threads preparing batches.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
+@dask_option
 @friendly_errors
 @claims_outdir("run_dir")
 def train(run_dir, images, labels, hstain, distance, classes, config_spec, backbone, name,
           schedule, stage, epochs, steps_per_epoch, learning_rate, layers, optimizer, init,
           exclude, resume, folds, metadata, fill_holes, split_components, normalize,
-          inputs, channel_scaling, crop_size, no_flips, no_rotate, no_brightness, blur, checkpoint_every, precision, workers, seed,
-          no_progress):
+          inputs, channel_scaling, crop_size, no_flips, no_rotate, no_brightness, blur,
+          checkpoint_every, precision, workers, seed, no_progress, dask):
     """Train Mask R-CNN+ with the paper's staged schedule (or Matterport's).
 
     Ctrl-C leaves the last complete checkpoint; --resume continues from it.
@@ -98,8 +99,10 @@ def train(run_dir, images, labels, hstain, distance, classes, config_spec, backb
       nucseg train --images data/images --labels data/labels -o runs/ens \\
           --folds organ --metadata data/metadata.csv
       nucseg train -o runs/paper --resume
+      nucseg train --images data/images --labels data/labels -o runs/ens \\
+          --folds 5 --dask local:5                  # the 5 fold models at once
       nucseg train -o runs/paper --resume --stage all --epochs 5,60,5,5   # train longer
-      nucseg train --images my/images --labels my/labels -o runs/mine \
+      nucseg train --images my/images --labels my/labels -o runs/mine \\
           --init monuseg-r50 --distance my_dist/      # fine-tune the shipped model
       nucseg train --images data/images --labels data/labels -o runs/bf16 \\
           --precision mixed_bfloat16                         # faster convolutions
@@ -120,19 +123,30 @@ def train(run_dir, images, labels, hstain, distance, classes, config_spec, backb
     if resume:
         typed = _typed_options()
         ignored = [flag for name, flag in typed.items()
-                   if name not in ("run_dir", "resume", "no_progress", "stage", "epochs")]
+                   if name not in ("run_dir", "resume", "no_progress", "stage", "epochs",
+                                   "dask")]
         if ignored:
             raise click.UsageError(
                 "--resume takes the data and options from the run's train.yaml; only --stage "
                 "and --epochs can change. Remove: " + ", ".join(ignored))
         extend = {"stage": stage if "stage" in typed else None,
                   "epochs": options.epochs if "epochs" in typed else None}
+    def run(work=None):
+        return train_command(run_dir, images, labels, hstain, distance, classes, config_spec,
+                             backbone, name, folds, metadata, resume, seed, options,
+                             {"fill_holes": fill_holes, "split_components": split_components,
+                              "channel_scaling": channel_scaling, "inputs": inputs},
+                             log=lambda msg: click.echo(msg, err=True), extend=extend,
+                             dask=work)
+
     try:
-        results = train_command(run_dir, images, labels, hstain, distance, classes, config_spec,
-                                backbone, name, folds, metadata, resume, seed, options,
-                                {"fill_holes": fill_holes, "split_components": split_components,
-                                 "channel_scaling": channel_scaling, "inputs": inputs},
-                                log=lambda msg: click.echo(msg, err=True), extend=extend)
+        if dask is None:
+            results = run()
+        else:
+            from nucseg.prediction.distributed import DaskWork, dask_client
+
+            with dask_client(dask) as client:
+                results = run(DaskWork(client))
     except KeyboardInterrupt:
         click.echo("interrupted: the last complete checkpoint is kept; continue with --resume",
                    err=True)

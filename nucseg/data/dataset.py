@@ -76,13 +76,13 @@ def compose_channels(rgb: np.ndarray, labels: np.ndarray | None, channels: int,
                      distance: np.ndarray | None = None, scaling=None,
                      extras=None) -> np.ndarray:
     """The uint8 model input: RGB, or RGB + distance + hematoxylin scaled to 0-255 by
-    `scaling` (a nucseg.channels.ChannelScaling; default per image, the paper's), the same
+    `scaling` (a nucseg.prediction.channels.ChannelScaling; default per image, the paper's), the same
     scaling `nucseg predict` applies.
 
     Missing maps are computed: hematoxylin from the RGB, the distance map from `labels`.
     `extras` names the extra channels (4-channel models); default by channel count.
     """
-    from nucseg.channels import EXTRA_NAMES, ChannelScaling
+    from nucseg.prediction.channels import EXTRA_NAMES, ChannelScaling
     from nucseg.distance import label_distance_map
     from nucseg.stain import hematoxylin
 
@@ -148,7 +148,7 @@ class Dataset:
                  channels: int = 5, classes=None, fill_holes: bool = False,
                  split_components: bool = False, names=None, cache: bool = True,
                  channel_scaling="per_image", extras=None):
-        from nucseg.channels import ChannelScaling
+        from nucseg.prediction.channels import ChannelScaling
 
         self.scaling = ChannelScaling.parse(channel_scaling)
         self.extras = None if extras is None else tuple(extras)

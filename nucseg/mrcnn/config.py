@@ -102,16 +102,16 @@ class Config:
     # channel standardised to zero mean, unit variance over the image; MEAN_PIXEL unused).
     IMAGE_NORMALIZATION = "mean_pixel"
     # nucseg extra: how the distance and hematoxylin maps of a 5-channel model become uint8
-    # (nucseg.channels.ChannelScaling): "per_image" (the paper: each map's maximum -> 255) or
+    # (nucseg.prediction.channels.ChannelScaling): "per_image" (the paper: each map's maximum -> 255) or
     # "fixed" (CHANNEL_SCALE_DISTANCE px and CHANNEL_SCALE_HSTAIN optical density -> 255).
-    # nucseg extra: the channels after R, G, B (nucseg.channels.extra_channels); None: by
+    # nucseg extra: the channels after R, G, B (nucseg.prediction.channels.extra_channels); None: by
     # IMAGE_CHANNEL_COUNT (5: distance, hematoxylin). 4-channel models name their one extra.
     EXTRA_CHANNELS = None
     CHANNEL_SCALING = "per_image"
     CHANNEL_SCALE_DISTANCE = 18.0
     CHANNEL_SCALE_HSTAIN = 0.30
     # nucseg extra: the pixel size (um/px) the model was trained at; slides are resampled to it
-    # (nucseg.slides). MoNuSeg tiles are 40x scans, about 0.25 um/px.
+    # (nucseg.prediction.slides). MoNuSeg tiles are 40x scans, about 0.25 um/px.
     MODEL_MPP = 0.25
     LEARNING_RATE = 0.001
     LEARNING_MOMENTUM = 0.9
@@ -206,11 +206,11 @@ class Config:
             fail(f"IMAGE_NORMALIZATION must be one of {', '.join(NORMALIZATIONS)}, "
                  f"got {self.IMAGE_NORMALIZATION!r}")
         try:
-            from nucseg.channels import ChannelScaling
+            from nucseg.prediction.channels import ChannelScaling
 
             ChannelScaling.from_config(self)
             if self.IMAGE_CHANNEL_COUNT != 3 or self.EXTRA_CHANNELS:
-                from nucseg.channels import extra_channels
+                from nucseg.prediction.channels import extra_channels
 
                 extra_channels(self)
         except (TypeError, ValueError) as exc:

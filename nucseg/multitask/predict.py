@@ -94,12 +94,12 @@ def instances(maps: np.ndarray, opts: WatershedOptions | None = None) -> np.ndar
 
 
 def scored_nuclei(labels: np.ndarray, fg_p: np.ndarray):
-    """A nucseg.merge.Merged of the instances: score = mean foreground probability inside,
+    """A nucseg.prediction.merge.Merged of the instances: score = mean foreground probability inside,
     agreement 1, ids renumbered 1..K by descending score (as `nucseg predict` orders them)."""
     from scipy import ndimage
 
     from nucseg.io import label_dtype
-    from nucseg.merge import Merged
+    from nucseg.prediction.merge import Merged
 
     ids = np.unique(labels[labels > 0])
     scores = (np.asarray(ndimage.mean(fg_p, labels, ids), np.float32) if len(ids)
@@ -118,9 +118,9 @@ def scored_nuclei(labels: np.ndarray, fg_p: np.ndarray):
 
 
 def as_member(merged, model: str, image: str = ""):
-    """The nuclei as an ensemble member (nucseg.members.Member): tight boxes, binary masks
+    """The nuclei as an ensemble member (nucseg.prediction.members.Member): tight boxes, binary masks
     (1 inside), score = mean foreground probability; what `nucseg merge` combines."""
-    from nucseg.members import Member
+    from nucseg.prediction.members import Member
 
     masks = [(merged.labels[y1:y2, x1:x2] == k).astype(np.float32)
              for k, (y1, x1, y2, x2) in enumerate(merged.rois, start=1)]
@@ -161,10 +161,10 @@ class PredictSettings:
 
 def predict_image(image_path, loaded, outdir, settings: PredictSettings) -> dict:
     """Predict one tile and write its files (the record last); returns the record."""
-    from nucseg.export import write_geojson, write_nuclei_csv
+    from nucseg.prediction.export import write_geojson, write_nuclei_csv
     from nucseg.io import make_record, read_rgb, sha256, write_float_map, write_labels, \
         write_record
-    from nucseg.members import save_member
+    from nucseg.prediction.members import save_member
     from nucseg.stain import hematoxylin
 
     start = time.perf_counter()

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from nucseg.members import Member
-from nucseg.overlap import box_iou_pairs, mask_iou_pairs, symmetric_csr
+from nucseg.prediction.members import Member
+from nucseg.prediction.overlap import box_iou_pairs, mask_iou_pairs, symmetric_csr
 
 METHODS = ("vote", "mask-nms")
 

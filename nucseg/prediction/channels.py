@@ -179,7 +179,7 @@ def model_input(rgb: np.ndarray, channel_count: int, stem: str = "",
                 scaling: ChannelScaling | None = None,
                 extras: tuple | None = None) -> tuple[np.ndarray, dict]:
     """(HxWxC uint8 detector input, {"hstain": float map or None}) for an RGB uint8 image.
-    `extras`: the extra channels (nucseg.channels.extra_channels); default by channel count."""
+    `extras`: the extra channels (nucseg.prediction.channels.extra_channels); default by channel count."""
     sources = sources or ChannelSources()
     if extras is None:
         if channel_count not in (3, 5):

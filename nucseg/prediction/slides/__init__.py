@@ -4,8 +4,8 @@
 very large TIFFs) instead of reading it whole; `nucseg slide info` prints what a reader knows.
 See docs/slides.md for the rules.
 """
-from nucseg.slides.predict import SlideOptions, is_done, predict_slide, slide_done
-from nucseg.slides.reader import SLIDE_EXTENSIONS, SlideInfo, is_slide, open_slide
+from nucseg.prediction.slides.predict import SlideOptions, is_done, predict_slide, slide_done
+from nucseg.prediction.slides.reader import SLIDE_EXTENSIONS, SlideInfo, is_slide, open_slide
 
 __all__ = ["SLIDE_EXTENSIONS", "SlideInfo", "SlideOptions", "is_done", "is_slide", "open_slide",
            "predict_slide", "slide_done"]

@@ -1,9 +1,9 @@
 """`nucseg predict` on a whole slide: tissue blocks at the model's pixel size, streamed outputs.
 
-Per slide: open it (nucseg.slides.reader), plan the model-resolution frame (frame.py), find the
+Per slide: open it (nucseg.prediction.slides.reader), plan the model-resolution frame (frame.py), find the
 tissue on the overview (tissue.py), cut the frame into blocks (blocks.py) and run every tissue
-block through the same per-image path a tile takes (nucseg.predict.image_members: channels,
-tiles, TTA, ensemble; then nucseg.merge), keep each block's own nuclei in a block file
+block through the same per-image path a tile takes (nucseg.prediction.predict.image_members: channels,
+tiles, TTA, ensemble; then nucseg.prediction.merge), keep each block's own nuclei in a block file
 (resume.py: --resume re-runs only blocks without one), then write them all in level-0
 coordinates (outputs.py). The record is written last, so its presence marks the slide as done.
 """
@@ -25,7 +25,7 @@ DEFAULT_MODEL_MPP = 0.25
 
 @dataclass
 class SlideOptions:
-    """Slide-only settings (the rest is nucseg.predict.PredictOptions)."""
+    """Slide-only settings (the rest is nucseg.prediction.predict.PredictOptions)."""
 
     mpp: float | None = None             # overrides the slide's (or a tile's) pixel size
     magnification: float | None = None   # the same as mpp = 10 / magnification
@@ -37,8 +37,8 @@ class SlideOptions:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
     def pixel_size(self) -> float | None:
-        """The given pixel size: --mpp, else from --magnification (nucseg.resolution)."""
-        from nucseg.resolution import MAGNIFICATION_UM
+        """The given pixel size: --mpp, else from --magnification (nucseg.prediction.resolution)."""
+        from nucseg.prediction.resolution import MAGNIFICATION_UM
 
         if self.mpp:
             return self.mpp
@@ -74,8 +74,8 @@ def model_mpp(detectors) -> float:
 
 
 def _warn_scaling(detectors, path) -> None:
-    from nucseg.channels import ChannelScaling
-    from nucseg.predict import detector_name
+    from nucseg.prediction.channels import ChannelScaling
+    from nucseg.prediction.predict import detector_name
 
     for k, d in enumerate(detectors):
         if int(d.config.IMAGE_CHANNEL_COUNT) == 5 and \
@@ -87,19 +87,19 @@ def _warn_scaling(detectors, path) -> None:
                           "the block)", stacklevel=2)
 
 
-class _Slide:
+class SlideReader:
     """The open reader, reopened once when a block fails to read (OpenSlide handles stay
     broken after an error): a failed block is retried once, then the slide fails."""
 
     def __init__(self, path: Path, mpp):
-        from nucseg.slides.reader import open_slide
+        from nucseg.prediction.slides.reader import open_slide
 
         self.path, self.mpp = path, mpp
         self.reader = open_slide(path, mpp)
 
     def read_block(self, frame, block) -> np.ndarray:
-        from nucseg.slides.frame import read_frame_region
-        from nucseg.slides.reader import open_slide
+        from nucseg.prediction.slides.frame import read_frame_region
+        from nucseg.prediction.slides.reader import open_slide
 
         try:
             return read_frame_region(self.reader, frame, *block.tile)
@@ -113,9 +113,9 @@ class _Slide:
                                         f"{exc.problem}") from None
 
 
-def _tissue(slide: _Slide, slide_opts: SlideOptions, overview, overview_ds):
+def _tissue(slide: SlideReader, slide_opts: SlideOptions, overview, overview_ds):
     """(boolean mask, (level-0 px per mask px along y, x), source)."""
-    from nucseg.slides.tissue import detect_tissue, find_mask, read_mask
+    from nucseg.prediction.slides.tissue import detect_tissue, find_mask, read_mask
 
     info = slide.reader.info
     if slide_opts.tissue_mask:
@@ -127,20 +127,40 @@ def _tissue(slide: _Slide, slide_opts: SlideOptions, overview, overview_ds):
     return mask, (overview_ds * factor, overview_ds * factor), "otsu on saturation"
 
 
+def predict_block(slide: SlideReader, frame, block, detectors, opts, sources, timings: dict):
+    """One block through the per-image path (channels, tiles, TTA, ensemble, merge):
+    (Merged in block coordinates, number of member detections). Adds to `timings`."""
+    from nucseg.prediction.merge import merge_members
+    from nucseg.prediction.predict import image_members
+
+    t0 = time.perf_counter()
+    rgb = slide.read_block(frame, block)
+    timings["read"] = timings.get("read", 0.0) + time.perf_counter() - t0
+    members = image_members(detectors, rgb, Path(slide.path).stem, opts, sources,
+                            str(slide.path), timings)
+    timings["detect"] = timings.get("detect", 0.0) + sum(m.extra.get("seconds", 0.0)
+                                                         for m in members)
+    t0 = time.perf_counter()
+    merged = merge_members(members, opts.merge, **opts.merge_kwargs(len(members)))
+    timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t0
+    return merged, sum(len(m) for m in members)
+
+
 def predict_slide(path, detectors, outdir, opts, sources=None, models=None,
-                  slide_opts: SlideOptions | None = None) -> dict:
-    """Predict one slide and write its outputs; returns the run record."""
+                  slide_opts: SlideOptions | None = None, dask=None) -> dict:
+    """Predict one slide and write its outputs; returns the run record. With `dask` (a
+    nucseg.prediction.distributed.DaskWork) the blocks run as tasks on its workers; the
+    ownership of nuclei and the files are still done here, in block order, so the files
+    are the same."""
     from tqdm import tqdm
 
-    from nucseg.channels import ChannelSources
-    from nucseg.predict import detector_name, image_members
-    from nucseg.merge import merge_members
-    from nucseg.slides.blocks import Owner, default_margin, grid_shape, plan_blocks
-    from nucseg.slides.frame import plan_frame, read_overview
-    from nucseg.slides.outputs import SlideOutputs
-    from nucseg.slides.resume import load_block, open_work_dir, save_block, work_dir
-    from nucseg.slides.tissue import region_has_tissue
-    from nucseg.tta import make_views
+    from nucseg.prediction.channels import ChannelSources
+    from nucseg.prediction.predict import detector_name
+    from nucseg.prediction.slides.blocks import Owner, default_margin, grid_shape, plan_blocks
+    from nucseg.prediction.slides.frame import plan_frame, read_overview
+    from nucseg.prediction.slides.outputs import SlideOutputs
+    from nucseg.prediction.slides.resume import load_block, open_work_dir, save_block, work_dir
+    from nucseg.prediction.slides.tissue import region_has_tissue
 
     start = time.perf_counter()
     path, slide_opts = Path(path), slide_opts or SlideOptions()
@@ -154,7 +174,7 @@ def predict_slide(path, detectors, outdir, opts, sources=None, models=None,
     _warn_scaling(detectors, path)
     target_mpp = model_mpp(detectors)
     timings = {"read": 0.0}
-    slide = _Slide(path, slide_opts.pixel_size())
+    slide = SlideReader(path, slide_opts.pixel_size())
     try:
         info = slide.reader.info
         frame = plan_frame(info, target_mpp)
@@ -167,8 +187,6 @@ def predict_slide(path, detectors, outdir, opts, sources=None, models=None,
         blocks = plan_blocks(frame.width, frame.height, slide_opts.block_size, margin)
         k = frame.level0_per_px
         todo = [b for b in blocks if region_has_tissue(mask, mask_ds, [v * k for v in b.core])]
-        n_members = len(detectors) * len(make_views(opts.tta, opts.seed))
-        merge_kwargs = opts.merge_kwargs(n_members)
         block_opts = replace(opts, progress=False)
         owner = Owner(frame.width, frame.height)
         files = slide_files(outdir, path.stem, opts)
@@ -180,6 +198,13 @@ def predict_slide(path, detectors, outdir, opts, sources=None, models=None,
                           "run; all its blocks run again", stacklevel=2)
         counts = {"detections": 0, "duplicates": 0, "cut": 0, "nuclei": 0, "resumed": 0}
         merge_info: dict = {}
+        pending = [b for b in todo if b.name not in finished]
+        if dask is None:
+            results = (predict_block(slide, frame, b, detectors, block_opts, sources, timings)
+                       for b in pending)
+        else:
+            results = dask.blocks(path, slide_opts.pixel_size(), frame, pending, block_opts,
+                                  timings)
         bar = tqdm(todo, desc=path.stem, unit="block", disable=not opts.progress, leave=False)
         for block in bar:
             block_file = folder / f"{block.name}.npz"
@@ -190,18 +215,9 @@ def predict_slide(path, detectors, outdir, opts, sources=None, models=None,
                 counts["resumed"] += 1
             else:
                 before = (owner.duplicates, owner.cut)
-                t0 = time.perf_counter()
-                rgb = slide.read_block(frame, block)
-                timings["read"] += time.perf_counter() - t0
-                members = image_members(detectors, rgb, path.stem, block_opts, sources,
-                                        str(path), timings)
-                timings["detect"] = timings.get("detect", 0.0) + sum(
-                    m.extra.get("seconds", 0.0) for m in members)
-                t0 = time.perf_counter()
-                merged = merge_members(members, opts.merge, **merge_kwargs)
-                timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t0
+                merged, detections = next(results)
                 nuclei = _own_nuclei(owner, block, merged, k)
-                stats = {"detections": sum(len(m) for m in members),
+                stats = {"detections": detections,
                          "duplicates": owner.duplicates - before[0],
                          "cut": owner.cut - before[1], "merge": dict(merged.info)}
                 save_block(block_file, nuclei, stats)
@@ -260,7 +276,7 @@ def _own_nuclei(owner, block, merged, k: float) -> list[dict]:
     their frame boxes and masks (for the label image)."""
     from skimage.measure import regionprops_table
 
-    from nucseg.export import label_rings
+    from nucseg.prediction.export import label_rings
 
     if not len(merged):
         return []
@@ -294,8 +310,8 @@ def _own_nuclei(owner, block, merged, k: float) -> list[dict]:
 
 def is_done(outdir, path, opts) -> bool:
     """--resume: a slide's or a tile's outputs are complete."""
-    from nucseg.predict import is_complete
-    from nucseg.slides.reader import is_slide
+    from nucseg.prediction.predict import is_complete
+    from nucseg.prediction.slides.reader import is_slide
 
     return slide_done(outdir, path, opts) if is_slide(path) else \
         is_complete(outdir, Path(path).stem, opts)

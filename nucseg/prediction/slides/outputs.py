@@ -1,12 +1,12 @@
 """A slide's files, written block by block so memory stays bounded.
 
-`<stem>.geojson.gz` (QuPath detections; the feature layout of nucseg.export) and
+`<stem>.geojson.gz` (QuPath detections; the feature layout of nucseg.prediction.export) and
 `<stem>_nuclei.csv` are streamed block by block; `<stem>_thumbnail.png` (the overview with
 the nuclei drawn on it) is painted along the way and saved at the end, and so is the pyramidal
 label image `<stem>_labels.tif` (labels.py), from masks kept on disk meanwhile. Every file is written
 under a temporary name and renamed only when the whole slide succeeded, so a failure leaves no
 partial file under a final name. All coordinates are level-0 pixels: the continuous frame of
-nucseg.export (pixel (r, c) is the square [c, c + 1) x [r, r + 1), its centre (c + 0.5,
+nucseg.prediction.export (pixel (r, c) is the square [c, c + 1) x [r, r + 1), its centre (c + 0.5,
 r + 0.5)); centroids in the CSV are pixel indices (centre - 0.5), as in the tile CSV.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nucseg.export import DEFAULT_CLASS, DEFAULT_COLOR, _feature
+from nucseg.prediction.export import DEFAULT_CLASS, DEFAULT_COLOR, _feature
 from nucseg.io import atomic_path
 
 CSV_COLUMNS = ("id", "centroid_x", "centroid_y", "centroid_x_um", "centroid_y_um", "area",
@@ -68,7 +68,7 @@ class SlideOutputs:
             self._thumb_tmp = stack.enter_context(atomic_path(self.files["thumbnail"]))
             self._labels = None
             if "labels" in self.files:
-                from nucseg.slides.labels import LabelStore
+                from nucseg.prediction.slides.labels import LabelStore
 
                 self._labels_tmp = stack.enter_context(atomic_path(self.files["labels"]))
                 fd, masks = tempfile.mkstemp(prefix=f".{self._labels_tmp.name}.",

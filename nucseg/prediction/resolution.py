@@ -50,7 +50,7 @@ def tile_resolution(path, model_mpp: float, mpp: float | None = None,
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         from nucseg.io import InputError
-        from nucseg.slides.reader import TiffReader
+        from nucseg.prediction.slides.reader import TiffReader
 
         try:
             info = TiffReader(path).info
@@ -79,7 +79,7 @@ def member_at(member, shape):
     members give the same nuclei."""
     import cv2
 
-    from nucseg.members import Member
+    from nucseg.prediction.members import Member
 
     sy, sx = shape[0] / member.image_shape[0], shape[1] / member.image_shape[1]
     rois, masks = [], []

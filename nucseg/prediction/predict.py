@@ -5,26 +5,26 @@ A detector is anything with `.detect(list of HxWxC images) -> list of detect() d
 a stand-in in tests); its `.name` names it in members and records. Per image, every detector
 runs on every view (tiled when the image is larger than the tile size), its detections are
 mapped back to the original frame and kept as one Member; the members are merged
-(nucseg.merge) and the result is written by nucseg.export. The run record is written last, so
+(nucseg.prediction.merge) and the result is written by nucseg.prediction.export. The run record is written last, so
 its presence marks an image as done for `--resume`.
 """
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from nucseg.channels import ChannelScaling, ChannelSources, extra_channels, model_input
-from nucseg.export import write_geojson, write_nuclei_csv, write_overlay
+from nucseg.prediction.channels import ChannelScaling, ChannelSources, extra_channels, model_input
+from nucseg.prediction.export import write_geojson, write_nuclei_csv, write_overlay
 from nucseg.io import (InputError, make_record, read_rgb, run_batch, write_labels,
                        write_record)
-from nucseg.members import Member, load_member, save_member
-from nucseg.merge import METHODS, merge_members
-from nucseg.tiling import detect_tiled
-from nucseg.tta import make_views
+from nucseg.prediction.members import Member, load_member, save_member
+from nucseg.prediction.merge import METHODS, merge_members
+from nucseg.prediction.tiling import detect_tiled
+from nucseg.prediction.tta import make_views
 
 METHOD_DEFAULTS = {"vote": {"iou_threshold": 0.7, "mask_threshold": 0.7},
                    "mask-nms": {"iou_threshold": 0.5, "mask_threshold": 0.5}}
@@ -182,7 +182,7 @@ def write_outputs(files: dict, merged, rgb: np.ndarray | None,
 
 
 def _hstain_for_table(rgb, stem, sources: ChannelSources | None):
-    from nucseg.channels import hematoxylin_map
+    from nucseg.prediction.channels import hematoxylin_map
 
     return hematoxylin_map(rgb, stem, sources or ChannelSources())
 
@@ -196,9 +196,9 @@ def predict_image(image_path, detectors, outdir, opts: PredictOptions,
                   sources: ChannelSources | None = None, models: list | None = None,
                   slide_opts=None) -> dict:
     """Predict one image and write all its outputs; returns the run record. A tile at another
-    pixel size than the model's is predicted resampled to it (nucseg.resolution)."""
-    from nucseg.resolution import member_at, resize_rgb, tile_resolution
-    from nucseg.slides.predict import model_mpp
+    pixel size than the model's is predicted resampled to it (nucseg.prediction.resolution)."""
+    from nucseg.prediction.resolution import member_at, resize_rgb, tile_resolution
+    from nucseg.prediction.slides.predict import model_mpp
 
     start = time.perf_counter()
     timings: dict = {}
@@ -249,10 +249,12 @@ def predict_image(image_path, detectors, outdir, opts: PredictOptions,
 
 def predict_images(image_paths, detectors, outdir, opts: PredictOptions,
                    sources: ChannelSources | None = None, models: list | None = None,
-                   log=print, slide_opts=None) -> tuple[list[str], int]:
-    """Predict a batch of tiles and slides (nucseg.slides: read in blocks); a bad image is
-    reported and skipped. Returns (failures, skipped)."""
-    from nucseg.slides import is_done, is_slide, predict_slide
+                   log=print, slide_opts=None, dask=None) -> tuple[list[str], int]:
+    """Predict a batch of tiles and slides (nucseg.prediction.slides: read in blocks); a bad
+    image is reported and skipped. Returns (failures, skipped). With `dask`
+    (nucseg.prediction.distributed.DaskWork) tiles are tasks and slides are spread block by
+    block over its workers."""
+    from nucseg.prediction.slides import is_done, is_slide, predict_slide
 
     image_paths = [Path(p) for p in image_paths]
     if not detectors:
@@ -268,10 +270,19 @@ def predict_images(image_paths, detectors, outdir, opts: PredictOptions,
         if len(todo) < len(image_paths):
             log(f"resume: {len(image_paths) - len(todo)} of {len(image_paths)} images already "
                 "done")
-    failures = run_batch(todo, lambda p: (
-        predict_slide(p, detectors, outdir, opts, sources, models, slide_opts) if is_slide(p)
-        else predict_image(p, detectors, outdir, opts, sources, models, slide_opts)),
-        desc="predict", progress=opts.progress)
+    if dask is None:
+        failures = run_batch(todo, lambda p: (
+            predict_slide(p, detectors, outdir, opts, sources, models, slide_opts)
+            if is_slide(p) else predict_image(p, detectors, outdir, opts, sources, models,
+                                              slide_opts)),
+            desc="predict", progress=opts.progress)
+    else:
+        tiles = [p for p in todo if not is_slide(p)]
+        failures = dask.tiles(tiles, outdir, replace(opts, progress=False), models,
+                              slide_opts, opts.progress) if tiles else []
+        failures += run_batch([p for p in todo if is_slide(p)], lambda p: predict_slide(
+            p, detectors, outdir, opts, sources, models, slide_opts, dask=dask),
+            desc="predict", progress=opts.progress)
     return failures, len(image_paths) - len(todo)
 
 
@@ -353,13 +364,15 @@ SETTINGS_FILE = "predict_settings.yaml"
 
 def predict_from_paths(images, model_paths, ensemble, outdir, opts: PredictOptions,
                        sources: ChannelSources, config_overrides: dict | None = None,
-                       distance_model=None, log=print, slide_opts=None) -> tuple[list[str], int]:
+                       distance_model=None, log=print, slide_opts=None,
+                       dask: str | None = None) -> tuple[list[str], int]:
     """`nucseg predict`: resolve models, skip finished images (--resume) before loading any
-    model, load the models, predict. Returns (failures, number of images)."""
+    model, load the models, predict (on a Dask cluster with `dask`, a --dask value).
+    Returns (failures, number of images)."""
     from nucseg.io import IMAGE_EXTENSIONS, expand_inputs, sha256
-    from nucseg.model_files import ensemble_models, load_model, resolve_model_or_name
+    from nucseg.model_files import ensemble_models, resolve_model_or_name
     from nucseg.outdir import same_settings_or_refuse
-    from nucseg.slides import SLIDE_EXTENSIONS, is_done, is_slide
+    from nucseg.prediction.slides import SLIDE_EXTENSIONS, is_done, is_slide
 
     paths = expand_inputs(images, IMAGE_EXTENSIONS + SLIDE_EXTENSIONS)
     if not paths:
@@ -392,6 +405,24 @@ def predict_from_paths(images, model_paths, ensemble, outdir, opts: PredictOptio
         if not todo:
             log(f"resume: all {len(paths)} images already done")
             return [], len(paths)
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:      # a --dask scheduler is reached before any model loads
+        client = None
+        if dask is not None:
+            from nucseg.prediction.distributed import dask_client
+
+            client = stack.enter_context(dask_client(dask))
+        return _load_and_predict(paths, specs, shipped, outdir, opts, sources, config_overrides,
+                                 distance_model, settings, log, slide_opts, client), len(paths)
+
+
+def _load_and_predict(paths, specs, shipped, outdir, opts, sources, config_overrides,
+                      distance_model, settings, log, slide_opts, client) -> list[str]:
+    from nucseg.io import sha256
+    from nucseg.model_files import load_model
+    from nucseg.outdir import same_settings_or_refuse
+
     if distance_model is not None:
         from nucseg.unet import load_unet
 
@@ -413,14 +444,22 @@ def predict_from_paths(images, model_paths, ensemble, outdir, opts: PredictOptio
     for entry, detector in zip(models, detectors):
         if "distance" in extra_channels(detector.config) and sources.distance_model is not None:
             entry["distance_model"] = str(sources.distance_model.model_dir)
-    failures, _ = predict_images(paths, detectors, outdir, opts, sources, models, log,
-                                 slide_opts)
-    return failures, len(paths)
+    work = None
+    if client is not None:
+        from nucseg.prediction.distributed import DaskWork, ModelSet
+
+        model_set = ModelSet((tuple(specs), opts.batch_size,
+                              tuple(sorted((k, v) for k, v in (config_overrides or {}).items()
+                                           if v is not None)),
+                              None if distance_model is None else str(distance_model)))
+        work = DaskWork(client, model_set, replace(sources, distance_model=None))
+        log(f"dask: {work.workers()} worker(s)")
+    return predict_images(paths, detectors, outdir, opts, sources, models, log, slide_opts,
+                          dask=work)[0]
 
 
 def shipped_defaults(model, opts: PredictOptions, config_overrides: dict | None):
     """Fill the settings the user left unset with a shipped model's tuned thresholds."""
-    from dataclasses import replace
 
     thresholds = model.thresholds
     overrides = dict(config_overrides or {})

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from nucseg.members import Member
+from nucseg.prediction.members import Member
 
 VIEW_NAMES = ("identity", "hflip", "vflip", "hsv")
 HSV_SHIFT_LIMIT = 20

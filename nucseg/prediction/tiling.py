@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nucseg.overlap import box_iou_pairs
+from nucseg.prediction.overlap import box_iou_pairs
 
 DUPLICATE_IOU = 0.5
 
