@@ -1,9 +1,11 @@
-"""Finding and loading trained Mask R-CNN models for prediction.
+"""Finding and loading trained models for prediction.
 
-A model is a Matterport-layout weight file with its configuration YAML beside it (same stem +
-.yaml, or config.yaml in the same directory), or a run directory: its newest checkpoint
-`mask_rcnn_<name>_<epoch:04d>.h5` (highest epoch) and the run's config YAML. An ensemble run
-directory holds one such run directory per fold.
+A Mask R-CNN model is a Matterport-layout weight file with its configuration YAML beside it
+(same stem + .yaml, or config.yaml in the same directory), or a run directory: its newest
+checkpoint `mask_rcnn_<name>_<epoch:04d>.h5` (highest epoch) and the run's config YAML. An
+ensemble run directory holds one such run directory per fold. A multi-task U-Net run directory
+(`nucseg multitask train`: multitask.weights.h5 + its config.yaml) is a model too; it loads as
+a nucseg.multitask.detector.MultitaskDetector, so `nucseg predict` ensembles both kinds.
 """
 from __future__ import annotations
 
@@ -17,10 +19,14 @@ CHECKPOINT = re.compile(r"^mask_rcnn_(?P<name>.*)_(?P<epoch>\d{4})\.h5$")
 CONFIG_NAMES = ("config.yaml", "config.yml")
 
 
+MULTITASK = "multitask"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     weights: Path
     config: Path
+    kind: str = "mask-rcnn"                 # or MULTITASK
 
     @property
     def name(self) -> str:
@@ -44,6 +50,10 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
 def resolve_model(path) -> ModelSpec:
     """The weight file and config YAML that `-m PATH` names."""
     path = Path(path)
+    if path.is_dir() and _is_multitask_run(path):
+        from nucseg.multitask.files import CONFIG_NAME, WEIGHTS_NAME
+
+        return ModelSpec(path / WEIGHTS_NAME, path / CONFIG_NAME, MULTITASK)
     if path.is_dir():
         weights = newest_checkpoint(path)
         if weights is None:
@@ -65,6 +75,16 @@ def resolve_model(path) -> ModelSpec:
         raise InputError(path, f"no config YAML beside the weights ({path.stem}.yaml or "
                                "config.yaml)")
     return ModelSpec(path, config)
+
+
+def _is_multitask_run(directory: Path) -> bool:
+    from nucseg.multitask.files import CONFIG_NAME, FORMAT, WEIGHTS_NAME
+
+    config = directory / CONFIG_NAME
+    if not (directory / WEIGHTS_NAME).is_file() or not config.is_file():
+        return False
+    with open(config, "rb") as fh:
+        return f"format: {FORMAT}".encode() in fh.read(4096)
 
 
 def resolve_model_or_name(arg) -> tuple[ModelSpec, object]:
@@ -105,8 +125,16 @@ def inference_config(config, batch_size: int = 1, **overrides):
 
 
 def load_model(spec: ModelSpec, batch_size: int = 1, **overrides):
-    """A ready MaskRCNN (inference) for a ModelSpec; every weight must load."""
+    """A ready MaskRCNN (inference) for a ModelSpec; every weight must load. A multi-task
+    run loads as a MultitaskDetector (only DETECTION_MIN_CONFIDENCE applies to it)."""
     from nucseg.mrcnn import Config, MaskRCNN
+
+    if spec.kind == MULTITASK:
+        from nucseg.multitask.detector import MultitaskDetector
+        from nucseg.multitask.files import load_run
+
+        return MultitaskDetector(load_run(spec.weights.parent, spec.weights),
+                                 min_confidence=overrides.get("DETECTION_MIN_CONFIDENCE"))
 
     try:
         config = Config.from_yaml(spec.config)

@@ -116,8 +116,11 @@ def image_members(detectors, rgb: np.ndarray, stem: str, opts: PredictOptions,
             timings["channels"] = timings.get("channels", 0.0) + time.perf_counter() - t0
         for view in views:
             t0 = time.perf_counter()
+            image = view.apply(inputs[key])
+            tile_size = max(image.shape[:2]) if getattr(detector, "tiles_itself", False) \
+                else opts.tile_size                 # e.g. the multi-task U-Net
             found, info = detect_tiled(
-                detector, view.apply(inputs[key]), opts.tile_size, opts.overlap,
+                detector, image, tile_size, opts.overlap,
                 int(getattr(detector.config, "DETECTION_MAX_INSTANCES", 0) or 0),
                 opts.batch_size)
             seen = Member.from_detection(found, rgb.shape[:2], detector_name(detector, k),
