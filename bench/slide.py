@@ -13,7 +13,9 @@ merging, block ownership and writing. `--model` runs a real model (directory or 
 Each (size, mode) runs in a fresh process of this script, so its peak RSS is its own: the main
 process' (RUSAGE_SELF) and the largest Dask worker's (RUSAGE_CHILDREN, after the cluster is
 closed). With Dask the read/channels/detect/merge times are summed over the workers (worker
-seconds), so their shares of the wall time may add up past 100 %.
+seconds), so their shares of the wall time may add up past 100 %. The last lines compare the
+main process' peak RSS on the largest and smallest slide; below ~4096 px a side it still grows
+with the overview and thumbnail (capped at 2048 px a side), so compare sizes above that.
 
     python bench/slide.py [--sizes 4096,8192,16384] [--block-size 2048] [--workdir DIR]
                           [--model stand-in|PATH|NAME] [--distance-model DIR]

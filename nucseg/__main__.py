@@ -1,0 +1,4 @@
+"""`python -m nucseg ...`: the same as the `nucseg` command."""
+from nucseg.cli import run
+
+run()
