@@ -239,3 +239,19 @@ def test_low_iou_threshold_uses_one_to_one_assignment():
     assert got["dq"] == pytest.approx(expected["dq"], abs=1e-12)
     assert got["sq"] == pytest.approx(expected["sq"], abs=1e-12)
     assert got["dq"] > pq(gt, pred)["dq"]  # a lower bar matches more nuclei
+
+
+def test_recall_by_shape_counts_small_and_elongated_nuclei():
+    """A 5 px disc (small), a 3 x 40 strip (elongated) and a 10 px disc; the prediction finds
+    the strip and the large disc: recall 2/3 overall, 0/1 small, 1/1 elongated."""
+    yy, xx = np.mgrid[:64, :96]
+    gt = np.zeros((64, 96), np.int32)
+    gt[(yy - 12) ** 2 + (xx - 12) ** 2 <= 25] = 7                  # 81 px: small
+    gt[40:43, 10:50] = 9                                           # strip
+    gt[(yy - 30) ** 2 + (xx - 75) ** 2 <= 100] = 12                # 317 px
+    pred = np.where(np.isin(gt, [9, 12]), gt, 0)
+    pred[41, 10:20] = 0                                            # still IoU > 0.5
+    result = metrics.recall_by_shape(gt, pred)
+    assert result == {"all": {"found": 2, "total": 3}, "small": {"found": 0, "total": 1},
+                      "elongated": {"found": 1, "total": 1}}
+    assert metrics.recall_by_shape(gt, np.zeros_like(gt))["all"] == {"found": 0, "total": 3}

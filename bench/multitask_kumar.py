@@ -1,0 +1,195 @@
+"""The rank-6 method's two models on the Kumar split: the multi-task U-Net + watershed alone,
+Mask R-CNN+ alone, and their MASK-NMS ensemble; AJI, PQ, DQ, SQ and the recall of small
+(area < 113 px) and elongated (eccentricity > 0.95) nuclei, which the U-Net is there to catch.
+
+    python bench/multitask_kumar.py --train-images k/train/images --train-labels k/train/labels \\
+        --test-images k/test/images --test-labels k/test/labels \\
+        --mrcnn runs/k_fixed --mrcnn-distance-dir dist16_k_test --out bench_mt/ \\
+        [--multitask RUN | --minutes 150 --backbone resnet50 --init-backbone CKPT.h5]
+
+Steps, each a nucseg command (logged as the line that does the same) or library call:
+1. `nucseg multitask train` on the training tiles for `--minutes` of wall clock (the budget of
+   the Mask R-CNN+ run it is compared with), unless `--multitask RUN` is given;
+2. its probability maps of the training tiles; the watershed thresholds chosen there (grid over
+   foreground and interior thresholds, best mean AJI), never on the test tiles;
+3. maps of the test tiles; nuclei with the chosen thresholds, as labels and member files;
+4. `nucseg predict` of the Mask R-CNN+ model on the test tiles, members kept;
+5. `nucseg merge --merge mask-nms --min-members 1` of both members;
+6. the table (means over test tiles; recalls pooled over tiles), the U-Net's training step time
+   and each model's predict seconds per tile (from the records). Exit 0.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ("aji", "pq", "dq", "sq")
+
+
+def run(*args) -> None:
+    """A nucseg command, echoed as its shell line."""
+    line = ["nucseg", *map(str, args)]
+    print("$", " ".join(line), flush=True)
+    subprocess.run([sys.executable, "-m", "nucseg", *map(str, args)], check=True)
+
+
+def label_files(folder: Path, suffix: str) -> dict[str, Path]:
+    return {p.name[:-len(suffix)]: p for p in sorted(folder.glob(f"*{suffix}"))}
+
+
+def truth_files(folder: Path) -> dict[str, Path]:
+    from nucseg.io import LABEL_EXTENSIONS
+
+    found = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in LABEL_EXTENSIONS:
+            found[p.stem.removesuffix("_labels")] = p
+    return found
+
+
+def score(truth: dict, predicted: dict) -> dict:
+    """Mean AJI/PQ/DQ/SQ over the tiles and pooled small/elongated recall."""
+    from nucseg.io import read_labels
+    from nucseg.metrics import recall_by_shape, score_pair
+
+    rows, pooled = [], {}
+    for stem, gt_path in truth.items():
+        gt, pred = read_labels(gt_path), read_labels(predicted[stem])
+        rows.append(score_pair(gt, pred))
+        for kind, counts in recall_by_shape(gt, pred).items():
+            total = pooled.setdefault(kind, {"found": 0, "total": 0})
+            total["found"] += counts["found"]
+            total["total"] += counts["total"]
+    result = {m: float(np.mean([r[m] for r in rows])) for m in METRICS}
+    result.update({f"recall_{k}": v["found"] / max(v["total"], 1) for k, v in pooled.items()})
+    result["counts"] = pooled
+    result["n_pred"] = float(np.mean([r["n_pred"] for r in rows]))
+    return result
+
+
+def watershed_labels(maps_dir: Path, stems, opts) -> dict:
+    from nucseg.io import read_float_map
+    from nucseg.multitask.predict import instances, scored_nuclei
+
+    out = {}
+    for stem in stems:
+        maps = np.stack([read_float_map(maps_dir / f"{stem}_{t}.tif")
+                         for t in ("foreground", "boundary", "interior")], -1)
+        out[stem] = scored_nuclei(instances(maps, opts), maps[..., 0])
+    return out
+
+
+def choose_thresholds(maps_dir: Path, truth: dict, grid) -> tuple[object, list]:
+    """The watershed thresholds with the best mean AJI on the given (training) tiles."""
+    from nucseg.io import read_labels
+    from nucseg.metrics import aji
+    from nucseg.multitask.predict import WatershedOptions
+
+    table = []
+    for t_fg, t_in in grid:
+        opts = WatershedOptions(t_foreground=t_fg, t_interior=t_in)
+        merged = watershed_labels(maps_dir, truth, opts)
+        value = float(np.mean([aji(read_labels(p), merged[s].labels)
+                               for s, p in truth.items()]))
+        table.append((t_fg, t_in, value))
+        print(f"  foreground {t_fg:.2f} interior {t_in:.2f}: AJI {value:.3f}", flush=True)
+    best = max(table, key=lambda row: row[2])
+    return WatershedOptions(t_foreground=best[0], t_interior=best[1]), table
+
+
+def seconds_per_tile(folder: Path) -> float:
+    import yaml
+
+    times = [yaml.safe_load(p.read_text())["timings_seconds"]["total"]
+             for p in sorted(folder.glob("*_record.yaml"))]
+    return float(np.median(times)) if times else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for name in ("train-images", "train-labels", "test-images", "test-labels"):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--mrcnn", required=True, help="Mask R-CNN+ run directory or model")
+    parser.add_argument("--mrcnn-distance-dir", help="<stem>_dist.tif maps of the test tiles")
+    parser.add_argument("--distance-model", help="or: the distance U-Net for them")
+    parser.add_argument("--multitask", help="a trained multi-task run (skips training)")
+    parser.add_argument("--minutes", type=float, default=150.0)
+    parser.add_argument("--backbone", default="resnet50", choices=["resnet50", "resnet101"])
+    parser.add_argument("--init-backbone", help="Matterport-layout .h5 for the encoder, e.g. "
+                                                "the Mask R-CNN+ checkpoint (same training "
+                                                "tiles only)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--thresholds", default="0.4,0.5,0.6")
+    args = parser.parse_args()
+
+    from nucseg.io import write_labels
+    from nucseg.multitask.predict import as_member
+    from nucseg.prediction.members import save_member
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    mt = Path(args.multitask) if args.multitask else out / "mt"
+    if not args.multitask and not (mt / "multitask_train_record.yaml").is_file():
+        run("multitask", "train", "--images", args.train_images, "--labels", args.train_labels,
+            "-o", mt, "--backbone", args.backbone, "--crop-size", 256, "--epochs", 100000,
+            "--max-minutes", args.minutes, "--no-progress",
+            *(["--init-backbone", args.init_backbone] if args.init_backbone else []))
+    if not (mt / "training_log.csv").is_file():
+        print(f"{mt}: no epoch finished within --minutes {args.minutes}; give more time")
+        return 0
+    with open(mt / "training_log.csv") as fh:
+        log = list(csv.DictReader(fh))
+    train_truth, test_truth = truth_files(Path(args.train_labels)), truth_files(
+        Path(args.test_labels))
+    run("multitask", "predict", args.train_images, "-m", mt, "-o", out / "mt_train",
+        "--no-geojson", "--no-csv", "--resume")
+    values = [float(v) for v in args.thresholds.split(",")]
+    print("watershed thresholds on the training tiles:")
+    chosen, _ = choose_thresholds(out / "mt_train", train_truth,
+                                  list(itertools.product(values, values)))
+    run("multitask", "predict", args.test_images, "-m", mt, "-o", out / "mt_test",
+        "--no-geojson", "--no-csv", "--resume")
+    unet_dir, members = out / "unet_alone", out / "unet_members"
+    unet_dir.mkdir(exist_ok=True)
+    members.mkdir(exist_ok=True)
+    for stem, merged in watershed_labels(out / "mt_test", test_truth, chosen).items():
+        write_labels(unet_dir / f"{stem}_labels.tif", merged.labels)
+        save_member(members / f"{stem}_member99.npz", as_member(merged, "multitask"))
+    distance = (["--distance-dir", args.mrcnn_distance_dir] if args.mrcnn_distance_dir
+                else ["--distance-model", args.distance_model])
+    t0 = time.perf_counter()
+    run("predict", args.test_images, "-m", args.mrcnn, *distance, "--keep-members",
+        "-o", out / "mrcnn", "--resume")
+    mrcnn_seconds = (time.perf_counter() - t0) / max(len(test_truth), 1)
+    run("merge", *sorted((out / "mrcnn").glob("*_member00.npz")), *sorted(members.glob("*.npz")),
+        "--merge", "mask-nms", "--min-members", 1, "--min-area", chosen.min_area,
+        "-o", out / "ensemble", "--no-csv", "--no-geojson")
+    results = {
+        "U-Net + watershed": score(test_truth, label_files(unet_dir, "_labels.tif")),
+        "Mask R-CNN+": score(test_truth, label_files(out / "mrcnn", "_labels.tif")),
+        "MASK-NMS ensemble": score(test_truth, label_files(out / "ensemble", "_labels.tif"))}
+    steps = [float(r["seconds"]) for r in log]
+    print(f"\nmulti-task U-Net ({mt}): {len(log)} epochs, median epoch {np.median(steps):.1f} s;"
+          f" thresholds chosen on the training tiles: foreground {chosen.t_foreground}, "
+          f"interior {chosen.t_interior}")
+    print(f"predict s/tile: U-Net {seconds_per_tile(out / 'mt_test'):.2f} (maps + watershed), "
+          f"Mask R-CNN+ {mrcnn_seconds:.2f} (wall, incl. start-up)")
+    print(f"\n{'test tiles: ' + str(len(test_truth)):24s} " + " ".join(
+        f"{m:>6s}" for m in METRICS) + "  rec_all rec_small rec_elong  n_pred")
+    for name, r in results.items():
+        c = r["counts"]
+        print(f"{name:24s} " + " ".join(f"{r[m]:6.3f}" for m in METRICS) +
+              f"  {r['recall_all']:.3f}   {r['recall_small']:.3f} ({c['small']['total']})"
+              f"  {r['recall_elongated']:.3f} ({c['elongated']['total']})  {r['n_pred']:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
