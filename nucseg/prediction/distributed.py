@@ -46,11 +46,13 @@ def parse_dask(spec: str) -> tuple[str, object]:
 
 
 def worker_environment(workers: int) -> dict[str, str]:
-    """Threads per local worker: the machine's cores split between the workers, so N
-    TensorFlow processes do not each start a thread per core."""
+    """Per local worker: the machine's cores split between the workers, so N TensorFlow
+    processes do not each start a thread per core; GPU memory taken as needed, so workers
+    sharing a GPU do not each reserve all of it."""
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     return {"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1",
-            "OMP_NUM_THREADS": threads, "TF_CPP_MIN_LOG_LEVEL": "2"}
+            "OMP_NUM_THREADS": threads, "TF_CPP_MIN_LOG_LEVEL": "2",
+            "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
 
 
 @contextmanager
