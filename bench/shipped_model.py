@@ -8,7 +8,8 @@ beside the classical baseline, and what `nucseg predict` costs per tile.
 Steps (all through nucseg's own functions, as the commands run them):
 1. distance maps of the tiles from the U-Net (`--distance-dir` skips this);
 2. one pass at the lowest candidate confidence, members kept; `nucseg score --min-score T` for
-   each candidate T (dropping weaker nuclei equals detecting at T for one model);
+   each candidate T (dropping weaker nuclei equals detecting at T for one model); then the
+   one-pass member merged again at other mask thresholds (at the chosen T);
 3. with `--tta`: the four TTA members of every tile, merged at each (min_members,
    mask_threshold) candidate, at the chosen T;
 4. the classical baseline (`nucseg baseline`) on the same tiles;
@@ -49,6 +50,8 @@ def main() -> int:
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--members", default="1,2,3")
     parser.add_argument("--mask-thresholds", default="0.5,0.7")
+    parser.add_argument("--one-pass-mask-thresholds", default="0.4,0.5,0.6",
+                        help="mask thresholds tried on the one-pass member (0.5: Matterport's)")
     parser.add_argument("--write-thresholds", help="write the chosen settings to this YAML")
     args = parser.parse_args()
 
@@ -79,7 +82,7 @@ def main() -> int:
     one = out / "one_pass"
     t0 = time.perf_counter()
     predict_from_paths([args.images], [args.model], None, one,
-                       PredictOptions(progress=False, resume=True), sources,
+                       PredictOptions(progress=False, resume=True, keep_members=True), sources,
                        {"DETECTION_MIN_CONFIDENCE": thresholds[0]}, log=lambda m: None)
     seconds_one = time.perf_counter() - t0
     rows = {}
@@ -88,6 +91,22 @@ def main() -> int:
                                                      min_score=t)
     best_t = max(thresholds, key=lambda t: (rows[("one pass", t)]["mean"]["aji"], t))
     print(f"one pass: {seconds_one:.0f} s for the tiles; chosen min score {best_t}")
+    # the one-pass member's mask threshold, at that score: merged again from its member files
+    one_members = sorted(one.glob("*_member00.npz"))
+    best_one_mask = 0.5
+    for mask in (float(v) for v in args.one_pass_mask_thresholds.split(",")):
+        if mask == 0.5:
+            rows[("one pass mask", mask)] = rows[("one pass", best_t)]
+            continue
+        merged = out / f"one_pass_mask_{mask}"
+        merge_from_paths(one_members, merged, PredictOptions(mask_threshold=mask,
+                                                             progress=False),
+                         args.images, sources)
+        rows[("one pass mask", mask)], _ = score_directories(args.labels, merged,
+                                                             progress=False, min_score=best_t)
+    best_one_mask = max((key[1] for key in rows if key[0] == "one pass mask"),
+                        key=lambda m: rows[("one pass mask", m)]["mean"]["aji"],
+                        default=0.5)
 
     best_tta = None
     if args.tta:
@@ -116,9 +135,10 @@ def main() -> int:
 
     print(f"\n{'setting (means over tiles)':44s} AJI   PQ    DQ    SQ")
     for key, result in rows.items():
-        name = f"one pass, min score {key[1]}" if key[0] == "one pass" else \
-            f"TTA, min members {key[1]}, mask threshold {key[2]}"
-        chosen = key == ("one pass", best_t) or key == best_tta
+        name = {"one pass": f"one pass, min score {key[1]}",
+                "one pass mask": f"one pass, min score {best_t}, mask threshold {key[1]}",
+                }.get(key[0]) or f"TTA, min members {key[1]}, mask threshold {key[2]}"
+        chosen = key in (("one pass", best_t), ("one pass mask", best_one_mask), best_tta)
         print(mean_line(name, result, "<- chosen" if chosen else ""))
     print(mean_line("classical baseline (nucseg baseline)", baseline))
     chosen = rows[("one pass", best_t)]
@@ -130,7 +150,7 @@ def main() -> int:
               + " ".join(f"{other[m]:.3f}" for m in METRICS))
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if args.write_thresholds:
-        settings = {"min_confidence": best_t}
+        settings = {"min_confidence": best_t, "mask_threshold_one_pass": best_one_mask}
         if best_tta:
             settings.update(min_members=best_tta[1], mask_threshold=best_tta[2])
         Path(args.write_thresholds).write_text(yaml.safe_dump(settings))

@@ -40,7 +40,8 @@ def packed(tmp_path_factory):
     models_dir = root / "installed"
     pack_model(run / "mask_rcnn_tiny_0001.h5", run / "config.yaml", models_dir / "tiny-test",
                "tiny-test", unet_dir=unet, model_card=card,
-               thresholds={"min_confidence": 0.6, "min_members": 1, "mask_threshold": 0.5},
+               thresholds={"min_confidence": 0.6, "min_members": 1, "mask_threshold": 0.5,
+                           "mask_threshold_one_pass": 0.4},
                info={"backbone": "resnet50", "channels": ["R", "G", "B", "distance", "H"],
                      "training_data": "nothing (random)", "license": "MIT",
                      "pixel_size_um": 0.25})
@@ -139,6 +140,7 @@ def test_predict_without_model_runs_the_default_with_its_unet_and_thresholds(ins
     assert entry["shipped_model"] == "tiny-test" and entry["min_confidence"] == 0.6
     assert entry["channel_scaling"] == "fixed"
     assert entry["distance_model"] == str(installed / "tiny-test" / "unet")
+    assert record["options"]["mask_threshold"] == 0.4            # the one-pass setting
     typed = CliRunner().invoke(main, ["predict", str(image), "-m", "tiny-test", "--tta",
                                       "--min-confidence", "0.9", "--mask-threshold", "0.7",
                                       "-o", str(tmp_path / "typed")])

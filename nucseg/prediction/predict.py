@@ -473,6 +473,8 @@ def shipped_defaults(model, opts: PredictOptions, config_overrides: dict | None)
         for key in ("min_members", "mask_threshold"):
             if getattr(opts, key) is None and key in thresholds:
                 changes[key] = thresholds[key]
+    elif opts.mask_threshold is None and "mask_threshold_one_pass" in thresholds:
+        changes["mask_threshold"] = float(thresholds["mask_threshold_one_pass"])
     return (replace(opts, **changes) if changes else opts), overrides
 
 
