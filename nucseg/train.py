@@ -498,6 +498,8 @@ def train_command(run_dir, images=None, labels=None, hstain=None, distance=None,
                           extras=extra_channels(config), **dataset_options)
     options.loader = {**options.loader, "seed": int(seed)}
     if folds is None:
+        if dask is not None:
+            log("note: --dask trains the models of --folds in parallel; one run trains here")
         return [train_run(config, dataset, run_dir, options, log=log)]
     if str(folds) == "organ":
         if metadata is None:
