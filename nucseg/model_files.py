@@ -124,9 +124,10 @@ def inference_config(config, batch_size: int = 1, **overrides):
     return config.copy(**changes)
 
 
-def load_model(spec: ModelSpec, batch_size: int = 1, **overrides):
-    """A ready MaskRCNN (inference) for a ModelSpec; every weight must load. A multi-task
-    run loads as a MultitaskDetector (only DETECTION_MIN_CONFIDENCE applies to it)."""
+def load_model(spec: ModelSpec, batch_size: int = 1, precision: str = "float32", **overrides):
+    """A ready MaskRCNN (inference, in `precision`) for a ModelSpec; every weight must load.
+    A multi-task run loads as a MultitaskDetector (only DETECTION_MIN_CONFIDENCE applies to
+    it)."""
     from nucseg.mrcnn import Config, MaskRCNN
 
     if spec.kind == MULTITASK:
@@ -140,7 +141,7 @@ def load_model(spec: ModelSpec, batch_size: int = 1, **overrides):
         config = Config.from_yaml(spec.config)
     except (ValueError, OSError) as exc:
         raise InputError(spec.config, f"bad model config ({exc})") from None
-    model = MaskRCNN(inference_config(config, batch_size, **overrides))
+    model = MaskRCNN(inference_config(config, batch_size, **overrides), precision=precision)
     from nucseg.mrcnn.weights import WeightMismatchError
 
     try:

@@ -371,3 +371,31 @@ def test_model_paths_resolve_to_weights_and_config(tmp_path):
         resolve_model(single)
     with pytest.raises(InputError, match="no fold"):
         ensemble_models(single)
+
+
+def test_mixed_bfloat16_inference_finds_the_float32_detections(tmp_path):
+    """`predict --precision mixed_bfloat16`: the same weights give nearly the same boxes (the
+    convolutions round to bfloat16's 8-bit mantissa, so not bit for bit)."""
+    import keras
+
+    from nucseg.model_files import load_model, resolve_model
+
+    keras.utils.set_random_seed(5)
+    write_random_detector_run(tmp_path / "run", DETECTION_MIN_CONFIDENCE=0.0,
+                              DETECTION_MAX_INSTANCES=50)
+    spec = resolve_model(tmp_path / "run")
+    image = np.dstack([blob_image((128, 128), 6, seed=4), np.full((128, 128, 2), 40, np.uint8)])
+    full = load_model(spec, 1, "float32").detect([image])[0]
+    model = load_model(spec, 1, "mixed_bfloat16")
+    assert model.keras_model.get_layer("conv1").compute_dtype == "bfloat16"
+    assert model.keras_model.get_layer("conv1").variable_dtype == "float32"
+    half = model.detect([image])[0]
+    assert half["masks"] and half["masks"][0].dtype == np.float32
+    assert abs(len(half["scores"]) - len(full["scores"])) <= 0.1 * len(full["scores"])
+    a, b = full["rois"][:20, None].astype(float), half["rois"][None].astype(float)
+    inter = (np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+             * np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0,
+                       None))
+    area = lambda r: (r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1])  # noqa: E731
+    iou = inter / (area(a) + area(b) - inter)
+    assert (iou.max(1) > 0.8).mean() >= 0.8                 # the strongest 20 found again

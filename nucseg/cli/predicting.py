@@ -73,6 +73,10 @@ def _predict_options(merge_method, iou_threshold, iou_type, min_members, mask_th
               help="Tile overlap (pixels).")
 @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True,
               help="Tiles per model call (GPU memory permitting).")
+@click.option("--precision", type=click.Choice(["float32", "mixed_bfloat16"]),
+              default="float32", show_default=True,
+              help="mixed_bfloat16: Mask R-CNN convolutions and dense layers in bfloat16 "
+                   "(faster on recent GPUs and CPUs with AVX512_BF16/AMX; slower elsewhere).")
 @click.option("--max-detections", type=click.IntRange(1),
               help="Override DETECTION_MAX_INSTANCES.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1),
@@ -87,8 +91,8 @@ def _predict_options(merge_method, iou_threshold, iou_type, min_members, mask_th
 @friendly_errors
 @claims_outdir("outdir")
 def predict(images, models, ensemble, outdir, tta, distance_model, distance_dir, tile_size,
-            overlap, batch_size, max_detections, min_confidence, keep_members, seed, resume,
-            hstain_dir, slide_opts, dask, **merge_opts):
+            overlap, batch_size, precision, max_detections, min_confidence, keep_members, seed,
+            resume, hstain_dir, slide_opts, dask, **merge_opts):
     """Detect nuclei with one model, an ensemble and/or TTA; merge the members; write files.
 
     Per image: <stem>_labels.tif, <stem>.geojson (QuPath), <stem>_nuclei.csv,
@@ -115,7 +119,8 @@ def predict(images, models, ensemble, outdir, tta, distance_model, distance_dir,
     from nucseg.prediction.predict import predict_from_paths
 
     opts = _predict_options(tta=tta, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-                            keep_members=keep_members, seed=seed, resume=resume, **merge_opts)
+                            precision=precision, keep_members=keep_members, seed=seed,
+                            resume=resume, **merge_opts)
     sources = ChannelSources(hstain_dir=hstain_dir, distance_dir=distance_dir)
     overrides = {"DETECTION_MAX_INSTANCES": max_detections,
                  "DETECTION_MIN_CONFIDENCE": min_confidence}

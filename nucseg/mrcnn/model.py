@@ -101,10 +101,13 @@ def build_inference_model(config: Config) -> keras.Model:
 class MaskRCNN:
     """Matterport-shaped API: MaskRCNN(config).detect(images) -> list of dicts."""
 
-    def __init__(self, config: Config, mode: str = "inference", model_dir=None):
+    def __init__(self, config: Config, mode: str = "inference", model_dir=None,
+                 precision: str = "float32"):
         """mode "inference" (detect) or "training" (the training graph of
         nucseg.mrcnn.training as `.keras_model`, for weights and parameter counts; training
-        itself runs through nucseg.mrcnn.training.Trainer)."""
+        itself runs through nucseg.mrcnn.training.Trainer). `precision` "mixed_bfloat16"
+        runs the inference convolutions and dense layers in bfloat16 (weights stay float32;
+        faster on GPUs and CPUs with bfloat16 instructions)."""
         if mode not in ("inference", "training"):
             raise ValueError(f"mode must be 'inference' or 'training', got {mode!r}")
         if not isinstance(config, Config):
@@ -120,7 +123,11 @@ class MaskRCNN:
             self.tensors = {}
             self.keras_model = build_training_model(config)
             return
-        inputs, self.tensors = build_inference_graph(config)
+        from nucseg.mrcnn.graph_layer import dtype_policy
+
+        self.precision = precision
+        with dtype_policy(precision):
+            inputs, self.tensors = build_inference_graph(config)
         self.keras_model = keras.Model(inputs, [self.tensors[name] for name in OUTPUT_NAMES],
                                        name="mask_rcnn")
 
@@ -215,7 +222,7 @@ class MaskRCNN:
         stages = tuple(s for s in stages if s not in OUTPUT_NAMES)
         outputs = self._runner(molded_images.shape, stages)(
             tf.constant(molded_images), tf.constant(image_metas), tf.constant(anchors))
-        return {name: out.numpy()
+        return {name: (tf.cast(out, tf.float32) if out.dtype == tf.bfloat16 else out).numpy()
                 for name, out in zip(tuple(OUTPUT_NAMES) + stages, outputs)}
 
     def detect(self, images, verbose: int = 0, stages=()) -> list[dict]:

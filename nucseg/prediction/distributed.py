@@ -87,7 +87,8 @@ def dask_client(spec: str):
 # ---------------------------------------------------------------------------------------------
 # the models, loaded once per worker process
 # ---------------------------------------------------------------------------------------------
-def load_detectors(specs, batch_size: int = 1, overrides: tuple = (), distance_model=None):
+def load_detectors(specs, batch_size: int = 1, overrides: tuple = (), distance_model=None,
+                   precision: str = "float32"):
     """(detectors, distance U-Net or None) from model files: what `nucseg predict` loads."""
     from nucseg.model_files import load_model
 
@@ -96,7 +97,7 @@ def load_detectors(specs, batch_size: int = 1, overrides: tuple = (), distance_m
         from nucseg.unet import load_unet
 
         unet = load_unet(distance_model)
-    return [load_model(s, batch_size, **dict(overrides)) for s in specs], unet
+    return [load_model(s, batch_size, precision, **dict(overrides)) for s in specs], unet
 
 
 @dataclass(frozen=True)

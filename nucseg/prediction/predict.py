@@ -59,10 +59,13 @@ class PredictOptions:
     csv: bool = True
     overlay: bool = False
     seed: int = 0
+    precision: str = "float32"                # or mixed_bfloat16 (Mask R-CNN models)
     resume: bool = False
     progress: bool = True
 
     def __post_init__(self):
+        if self.precision not in ("float32", "mixed_bfloat16"):     # graph_layer.PRECISIONS
+            raise ValueError(f"unknown precision {self.precision!r}")
         if self.merge not in METHODS:
             raise ValueError(f"unknown merge method {self.merge!r}; choose one of "
                              f"{', '.join(METHODS)}")
@@ -430,7 +433,14 @@ def _load_and_predict(paths, specs, shipped, outdir, opts, sources, config_overr
         from nucseg.unet import load_unet
 
         sources.distance_model = load_unet(distance_model)
-    detectors = [load_model(spec, opts.batch_size, **(config_overrides or {})) for spec in specs]
+    if opts.precision == "mixed_bfloat16":
+        from nucseg.mrcnn.graph_layer import bfloat16_slow_here
+
+        if bfloat16_slow_here():
+            log("warning: this CPU has no bfloat16 instructions (AVX512_BF16/AMX): "
+                "mixed_bfloat16 runs slower here than float32")
+    detectors = [load_model(spec, opts.batch_size, opts.precision, **(config_overrides or {}))
+                 for spec in specs]
     for detector in detectors:
         if "distance" in extra_channels(detector.config) and sources.distance_dir is None \
                 and sources.distance_model is None:
@@ -454,7 +464,8 @@ def _load_and_predict(paths, specs, shipped, outdir, opts, sources, config_overr
         model_set = ModelSet((tuple(specs), opts.batch_size,
                               tuple(sorted((k, v) for k, v in (config_overrides or {}).items()
                                            if v is not None)),
-                              None if distance_model is None else str(distance_model)))
+                              None if distance_model is None else str(distance_model),
+                              opts.precision))
         work = DaskWork(client, model_set, replace(sources, distance_model=None))
         log(f"dask: {work.workers()} worker(s)")
     return predict_images(paths, detectors, outdir, opts, sources, models, log, slide_opts,
