@@ -15,13 +15,16 @@ Steps (all through nucseg's own functions, as the commands run them):
 4. the classical baseline (`nucseg baseline`) on the same tiles;
 5. the table: AJI, PQ, DQ, SQ (means over tiles) per setting, the chosen ones marked, and the
    per-tile rows of the chosen setting and the baseline.
-The settings chosen here are chosen on the tiles given: give training tiles, never the tiles a
-reported figure comes from. Exit 0.
+6. with `--test-images/--test-labels`: those held-out tiles predicted with the settings chosen
+   on the training tiles (one pass, and TTA), beside the baseline.
+The settings are chosen on the --images tiles: give training tiles, never the tiles a reported
+figure comes from. Exit 0.
 """
 from __future__ import annotations
 
 import argparse
 import resource
+from dataclasses import replace
 import sys
 import time
 from pathlib import Path
@@ -53,6 +56,11 @@ def main() -> int:
     parser.add_argument("--one-pass-mask-thresholds", default="0.4,0.5,0.6",
                         help="mask thresholds tried on the one-pass member (0.5: Matterport's)")
     parser.add_argument("--write-thresholds", help="write the chosen settings to this YAML")
+    parser.add_argument("--test-images", help="held-out tiles: scored with the settings chosen "
+                                              "above (one pass and TTA) beside the baseline")
+    parser.add_argument("--test-labels")
+    parser.add_argument("--test-distance-dir", help="<stem>_dist.tif maps of the test tiles "
+                                                    "(default: from --unet)")
     args = parser.parse_args()
 
     import yaml
@@ -155,7 +163,60 @@ def main() -> int:
             settings.update(min_members=best_tta[1], mask_threshold=best_tta[2])
         Path(args.write_thresholds).write_text(yaml.safe_dump(settings))
         print(f"wrote {args.write_thresholds}: {settings}")
+    if args.test_images:
+        held_out(args, out, best_t, best_one_mask, best_tta)
     return 0
+
+
+def held_out(args, out: Path, min_score: float, one_mask: float, best_tta) -> None:
+    """The held-out tiles with the settings chosen on the training tiles: one pass, TTA and
+    the baseline, means and per tile."""
+    from nucseg.baseline import baseline_file
+    from nucseg.io import expand_inputs
+    from nucseg.prediction.channels import ChannelSources
+    from nucseg.prediction.predict import PredictOptions, predict_from_paths
+    from nucseg.scoring import score_directories
+
+    dist_dir = args.test_distance_dir
+    if dist_dir is None and args.unet:
+        from nucseg.unet import load_unet
+        from nucseg.unet.predict import predict_file
+
+        dist_dir, unet = out / "test_dist", load_unet(args.unet)
+        for image in expand_inputs([args.test_images]):
+            if not (dist_dir / f"{image.stem}_dist.tif").is_file():
+                predict_file(image, unet, dist_dir, 1024, 64)
+    sources = ChannelSources(distance_dir=Path(dist_dir) if dist_dir else None)
+    overrides = {"DETECTION_MIN_CONFIDENCE": min_score}
+    runs = {f"one pass (min score {min_score}, mask {one_mask})":
+            (out / "test_one_pass", PredictOptions(mask_threshold=one_mask))}
+    if best_tta:
+        runs[f"TTA (min members {best_tta[1]}, mask {best_tta[2]})"] = (
+            out / "test_tta", PredictOptions(tta=True, min_members=best_tta[1],
+                                             mask_threshold=best_tta[2]))
+    results = {}
+    for name, (folder, opts) in runs.items():
+        t0 = time.perf_counter()
+        predict_from_paths([args.test_images], [args.model], None, folder,
+                           replace(opts, progress=False, resume=True), sources, overrides,
+                           log=lambda m: None)
+        print(f"held out, {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        results[name], _ = score_directories(args.test_labels, folder, progress=False)
+    base_dir = out / "test_baseline"
+    for image in expand_inputs([args.test_images]):
+        if not (base_dir / f"{image.stem}_labels.tif").is_file():
+            baseline_file(image, base_dir)
+    results["classical baseline (nucseg baseline)"], _ = score_directories(
+        args.test_labels, base_dir, progress=False)
+    print(f"\nHELD-OUT tiles, settings chosen on the training tiles {'':8s} AJI   PQ    DQ    SQ")
+    for name, result in results.items():
+        print(mean_line(name, result))
+    names = list(results)
+    print("\nper held-out tile: " + " | ".join(names) + "  (AJI PQ DQ SQ each)")
+    tables = [per_tile(results[n]) for n in names]
+    for image in sorted(tables[0]):
+        print(f"  {image}: " + " | ".join(" ".join(f"{t[image][m]:.3f}" for m in METRICS)
+                                          for t in tables))
 
 
 if __name__ == "__main__":
