@@ -52,8 +52,8 @@ def main() -> int:
     parser.add_argument("--min-scores", default="0.5,0.6,0.7,0.8")
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--members", default="1,2,3")
-    parser.add_argument("--mask-thresholds", default="0.5,0.7")
-    parser.add_argument("--one-pass-mask-thresholds", default="0.4,0.5,0.6",
+    parser.add_argument("--mask-thresholds", default="0.4,0.5,0.7")
+    parser.add_argument("--one-pass-mask-thresholds", default="0.3,0.4,0.5,0.6",
                         help="mask thresholds tried on the one-pass member (0.5: Matterport's)")
     parser.add_argument("--write-thresholds", help="write the chosen settings to this YAML")
     parser.add_argument("--test-images", help="held-out tiles: scored with the settings chosen "
