@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--images", required=True)
     parser.add_argument("--labels", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--min-scores", default="0.5,0.6,0.7,0.8")
+    parser.add_argument("--min-scores", default="0.3,0.4,0.5,0.6,0.7,0.8")
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--members", default="1,2,3")
     parser.add_argument("--mask-thresholds", default="0.4,0.5,0.7")
