@@ -56,8 +56,10 @@ def test_cli_writes_labels_and_record(tmp_path):
 
 
 def test_demo_script_runs_the_chain(tmp_path):
+    """bin/demo.sh's training branch (DEMO_TRAIN=1; the shipped-model branch is what
+    test_shipped_model checks through `nucseg predict` without -m)."""
     assert shutil.which("nucseg"), "the nucseg console command is not installed"
-    env = dict(os.environ, DEMO_TRAIN_STEPS="3")  # the chain, not the accuracy
+    env = dict(os.environ, DEMO_TRAIN_STEPS="3", DEMO_TRAIN="1")  # the chain, not accuracy
     done = subprocess.run([str(REPO / "bin" / "demo.sh"), str(tmp_path / "demo")], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -66,7 +68,8 @@ def test_demo_script_runs_the_chain(tmp_path):
                  "baseline/monuseg_crop_labels.tif", "scores.txt",
                  "run/mask_rcnn_paper_0001.h5", "predict/monuseg_crop_labels.tif",
                  "predict/monuseg_crop.geojson", "predict/monuseg_crop_nuclei.csv",
-                 "predict/monuseg_crop_record.yaml", "scores_model.txt"):
+                 "predict/monuseg_crop_record.yaml", "predict/monuseg_crop_overlay.png",
+                 "scores_model.txt"):
         assert (demo / name).is_file(), name
     assert "monuseg_crop" in (demo / "scores.txt").read_text()
     assert "monuseg_crop" in (demo / "scores_model.txt").read_text()
