@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -113,13 +114,15 @@ class ModelSet:
         global MODEL_LOADS
         key = (getattr(self.loader, "__module__", ""), getattr(self.loader, "__qualname__", ""),
                repr(self.args))
-        if key not in _LOADED:
-            _LOADED.clear()                 # one model set per worker at a time
-            _LOADED[key] = self.loader(*self.args)
-            MODEL_LOADS += 1
-        return _LOADED[key]
+        with _LOCK:                         # a worker with several threads loads once
+            if key not in _LOADED:
+                _LOADED.clear()             # one model set per worker at a time
+                _LOADED[key] = self.loader(*self.args)
+                MODEL_LOADS += 1
+            return _LOADED[key]
 
 
+_LOCK = threading.Lock()
 _LOADED: dict = {}
 MODEL_LOADS = 0                             # per process: a test asks each worker for it
 _SLIDES: dict = {}
@@ -168,7 +171,6 @@ class DaskWork:
     models: ModelSet | None = None
     sources: object = None                 # ChannelSources without the loaded U-Net
     ahead_per_worker: int = 2               # blocks in flight per worker (memory bound)
-    failures: list = field(default_factory=list)
 
     def workers(self) -> int:
         return max(1, len(self.client.scheduler_info().get("workers", {})))
