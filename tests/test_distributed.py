@@ -16,6 +16,7 @@ import pytest
 import tifffile
 import yaml
 from click.testing import CliRunner
+from distributed.diagnostics.plugin import WorkerPlugin
 from synthetic import write_random_detector_run
 from test_predict import blob_image
 from test_slides import SlideDetector, he_colours, write_pyramid
@@ -172,12 +173,20 @@ def test_predict_cli_with_a_real_model_on_a_local_cluster(tmp_path):
         assert record["nuclei"] == int(first.max())
 
 
-def use_tiny_backbone():
-    """On a worker: the tiny backbone of the training tests instead of ResNet."""
-    import nucseg.mrcnn.backbone
-    from tiny_backbone import build_tiny_backbone
+class TinyBackbone(WorkerPlugin):
+    """A worker plugin: every worker, also one restarted later, builds the tiny backbone of
+    the training tests instead of ResNet."""
 
-    nucseg.mrcnn.backbone.build_resnet_backbone = build_tiny_backbone
+    name = "nucseg-tiny-backbone"
+
+    def setup(self, worker=None):
+        import nucseg.mrcnn.backbone
+        from tiny_backbone import build_tiny_backbone
+
+        nucseg.mrcnn.backbone.build_resnet_backbone = build_tiny_backbone
+
+    def teardown(self, worker=None):
+        pass
 
 
 def test_fold_models_train_as_parallel_tasks(client, tmp_path):
@@ -187,7 +196,8 @@ def test_fold_models_train_as_parallel_tasks(client, tmp_path):
 
     from nucseg.train import TrainOptions, parse_epochs, train_command
 
-    client.run(use_tiny_backbone)
+    client.wait_for_workers(2, timeout=60)
+    client.register_plugin(TinyBackbone())
     for k, name in enumerate("ab"):
         write_square_nuclei(tmp_path, name, size=128, count=8, side=12, seed=k)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(dict(
