@@ -1,4 +1,5 @@
-"""`nucseg train`: staged schedules, run directories, checkpoints, resume, folds.
+"""`nucseg train`: staged schedules, run directories, checkpoints, resume (fold ensembles:
+nucseg.fold_training).
 
 A run directory holds config.yaml (the model Config), train.yaml (schedule and options),
 checkpoints mask_rcnn_<name>_<epoch:04d>.h5 in Matterport's layout, losses.csv (one row per
@@ -351,75 +352,6 @@ def _trim_csv(csv_path: Path, epoch: int) -> None:
             csv.writer(fh).writerows(kept)
 
 
-FOLD_PLAN = "folds_plan.yaml"
-
-
-def train_folds(config, dataset, run_dir, options: TrainOptions, folds, resume=False,
-                log=print, extend=None, dask=None) -> list[dict]:
-    """One model per fold, each in run_dir/<fold name>/, trained without its held-out images.
-
-    The plan (config, options, data, folds) is written first, so `resume_folds` can finish
-    folds that an interruption left unstarted. With `dask` (a
-    nucseg.prediction.distributed.DaskWork) the folds train as parallel tasks, one per worker.
-    """
-    from nucseg.io import make_record, write_record
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_yaml(run_dir / FOLD_PLAN, {
-        "config": config.to_dict(), "options": options.to_dict(),
-        "dataset": dataset.describe(),
-        "folds": [{"name": n, "train": list(t), "held_out": list(h)} for n, t, h in folds]})
-    calls = [(config.to_dict(), dataset.subset(train_names).describe(), str(run_dir / name),
-              options.to_dict(), resume and (run_dir / name / "config.yaml").is_file(), extend)
-             for name, train_names, _ in folds]
-    if dask is None:
-        results = []
-        for call, (fold_name, train_names, held_out) in zip(calls, folds):
-            log(f"fold {fold_name}: {len(train_names)} training images, {len(held_out)} "
-                "held out")
-            results.append(train_fold(*call, log=log))
-    else:
-        log(f"{len(folds)} folds as Dask tasks on {dask.workers()} worker(s)")
-        results = dask.map(train_fold, calls, [str(run_dir / name) for name, _, _ in folds])
-    for summary, (fold_name, _, held_out) in zip(results, folds):
-        summary.update(fold=fold_name, held_out=held_out)
-    write_record(run_dir / "folds.yaml", make_record("train --folds", options=options.to_dict(),
-                                                     folds=results))
-    return results
-
-
-def train_fold(config: dict, dataset: dict, run_dir: str, options: dict, resume: bool,
-               extend=None, log=None) -> dict:
-    """One fold model from plain values (config dict, data set description), so that a Dask
-    worker can run it: train_run on the rebuilt objects."""
-    from nucseg.data.dataset import Dataset
-    from nucseg.mrcnn.config import Config
-
-    return train_run(Config(**config), Dataset.from_description(dataset), Path(run_dir),
-                     TrainOptions(**options), resume=resume, log=log or (lambda msg: None),
-                     extend=extend)
-
-
-def resume_folds(run_dir, options: TrainOptions, log=print, extend=None,
-                 dask=None) -> list[dict]:
-    """Continue an ensemble run: every fold, including those not started before the stop."""
-    from nucseg.data.dataset import Dataset
-    from nucseg.mrcnn.config import Config
-
-    run_dir = Path(run_dir)
-    plan = _read_yaml(run_dir / FOLD_PLAN) if (run_dir / FOLD_PLAN).is_file() else None
-    if plan is None:
-        raise ValueError(f"{run_dir}: nothing to resume (neither config.yaml of a run nor "
-                         f"{FOLD_PLAN} of a fold ensemble)")
-    saved = {**plan["options"], "progress": options.progress}
-    saved.update(_schedule_changes(saved, extend))
-    folds = [(f["name"], f["train"], f["held_out"]) for f in plan["folds"]]
-    return train_folds(Config(**plan["config"]), Dataset.from_description(plan["dataset"]),
-                       run_dir, TrainOptions(**saved), folds, resume=True, log=log,
-                       extend=extend, dask=dask)
-
-
 def parse_epochs(text: str | None) -> list[int] | None:
     """'5,35,5,5' -> [5, 35, 5, 5]."""
     if not text:
@@ -468,6 +400,8 @@ def train_command(run_dir, images=None, labels=None, hstain=None, distance=None,
         if (run_dir / "config.yaml").is_file():
             return [train_run(None, None, run_dir, options, resume=True, log=log,
                               extend=extend)]
+        from nucseg.fold_training import resume_folds
+
         return resume_folds(run_dir, options, log=log, extend=extend, dask=dask)
     if not images or not labels:
         raise ValueError("--images and --labels are required (except with --resume)")
@@ -516,4 +450,6 @@ def train_command(run_dir, images=None, labels=None, hstain=None, distance=None,
         except ValueError:
             raise ValueError(f"--folds takes 'organ' or a number k, got {folds!r}") from None
         fold_list = k_folds(dataset.names, k, seed=seed)
+    from nucseg.fold_training import train_folds
+
     return train_folds(config, dataset, run_dir, options, fold_list, log=log, dask=dask)

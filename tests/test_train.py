@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nucseg import fold_training as F
 from nucseg import train as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -81,7 +82,7 @@ def test_organ_folds_say_which_groups_have_no_images(tmp_path, monkeypatch):
     meta = tmp_path / "meta.csv"
     meta.write_text("id,organ\nb1,Breast\nl1,Liver\nl2,liver\n")
     planned, lines = [], []
-    monkeypatch.setattr(T, "train_folds", lambda config, data, run, opts, folds, log, dask:
+    monkeypatch.setattr(F, "train_folds", lambda config, data, run, opts, folds, log, dask:
                         planned.extend(f[0] for f in folds) or [])
     T.train_command(tmp_path / "run", tmp_path / "im", tmp_path / "lab", folds="organ",
                     metadata=meta, log=lines.append)
@@ -307,7 +308,7 @@ def test_train_folds_one_subdirectory_per_fold(tmp_path, monkeypatch, fake_fold_
 
     monkeypatch.setattr(T, "train_run", fake_run)
     folds = T.k_folds(_FakeFoldData.names, 2, seed=0)
-    T.train_folds(Config.preset("paper"), _FakeFoldData(), tmp_path, T.TrainOptions(), folds,
+    F.train_folds(Config.preset("paper"), _FakeFoldData(), tmp_path, T.TrainOptions(), folds,
                   log=lambda *a: None)
     assert [c[0] for c in calls] == ["fold1", "fold2"]
     assert sorted(calls[0][1] + calls[1][1]) == _FakeFoldData.names
@@ -338,7 +339,7 @@ def test_resume_folds_finishes_folds_an_interruption_left_unstarted(tmp_path, mo
     folds = T.k_folds(_FakeFoldData.names, 3, seed=0)
     options = T.TrainOptions(epochs=[1, 2, 1, 1])
     with pytest.raises(RuntimeError, match="crash"):
-        T.train_folds(Config.preset("paper", NAME="ens"), _FakeFoldData(), tmp_path, options,
+        F.train_folds(Config.preset("paper", NAME="ens"), _FakeFoldData(), tmp_path, options,
                       folds, log=lambda *a: None)
     calls.clear()
     T.train_command(tmp_path, resume=True, log=lambda *a: None, extend={"epochs": [1, 3, 1, 1]})

@@ -165,7 +165,7 @@ def _tile_task(models: ModelSet, sources, path: str, outdir: str, opts, records,
 @dataclass
 class DaskWork:
     """A client plus the models its workers load: what predict_images/predict_slide and
-    train_folds take as `dask=`."""
+    fold_training.train_folds take as `dask=`."""
 
     client: object
     models: ModelSet | None = None
