@@ -41,8 +41,7 @@ class MultitaskDetector:
         self.watershed = watershed or WatershedOptions()
         self.tile_size, self.margin = tile_size, margin
         self.config = MultitaskModelConfig(
-            NAME=loaded.name, DETECTION_MIN_CONFIDENCE=float(min_confidence or 0.0),
-            MODEL_MPP=float(loaded.config.training.get("pixel_size_um", 0.25) or 0.25))
+            NAME=loaded.name, DETECTION_MIN_CONFIDENCE=float(min_confidence or 0.0))
 
     @property
     def name(self) -> str:
