@@ -399,3 +399,23 @@ def test_mixed_bfloat16_inference_finds_the_float32_detections(tmp_path):
     area = lambda r: (r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1])  # noqa: E731
     iou = inter / (area(a) + area(b) - inter)
     assert (iou.max(1) > 0.8).mean() >= 0.8                 # the strongest 20 found again
+
+
+def test_rois_option_sets_the_proposals_per_model_call(tmp_path, images):
+    """`--rois N` keeps N proposals per call, so a random model (which keeps every detection)
+    finds at most N nuclei per call; the record says how many it kept."""
+    run = tmp_path / "run"
+    write_random_detector_run(run, DETECTION_MIN_CONFIDENCE=0.0)
+    dist_dir = tmp_path / "dist"
+    write_float_map(dist_dir / f"{images[0].stem}_dist.tif", np.ones((160, 200), np.float32))
+    counts = {}
+    for rois in (None, 20):
+        out = tmp_path / f"out{rois}"
+        args = ["predict", str(images[0]), "-m", str(run), "--distance-dir", str(dist_dir),
+                "-o", str(out), "--min-area", "1"]
+        result = CliRunner().invoke(main, args + (["--rois", str(rois)] if rois else []))
+        assert result.exit_code == 0, result.output
+        record = yaml.safe_load((out / f"{images[0].stem}_record.yaml").read_text())
+        counts[rois] = record["members"][0]["detections"]
+        assert record["models"][0]["rois"] == (rois or 100)     # 100: the run's config
+    assert 0 < counts[20] <= 20 < counts[None]

@@ -79,6 +79,10 @@ def _predict_options(merge_method, iou_threshold, iou_type, min_members, mask_th
                    "(faster on recent GPUs and CPUs with AVX512_BF16/AMX; slower elsewhere).")
 @click.option("--max-detections", type=click.IntRange(1),
               help="Override DETECTION_MAX_INSTANCES.")
+@click.option("--rois", type=click.IntRange(1),
+              help="Proposals kept per model call (POST_NMS_ROIS_INFERENCE; PRE_NMS_LIMIT "
+                   "becomes 3x, at least 6000). For speed: --tile-size 1024 --rois 8000 "
+                   "--max-detections 1600 (docs/predict.md, \"Tile size\").")
 @click.option("--min-confidence", type=click.FloatRange(0, 1),
               help="Override DETECTION_MIN_CONFIDENCE (a one-class model scores every "
                    "detection above 0.5, so lower values act as 0.5).")
@@ -91,7 +95,8 @@ def _predict_options(merge_method, iou_threshold, iou_type, min_members, mask_th
 @friendly_errors
 @claims_outdir("outdir")
 def predict(images, models, ensemble, outdir, tta, distance_model, distance_dir, tile_size,
-            overlap, batch_size, precision, max_detections, min_confidence, keep_members, seed,
+            overlap, batch_size, precision, max_detections, rois, min_confidence, keep_members,
+            seed,
             resume, hstain_dir, slide_opts, dask, **merge_opts):
     """Detect nuclei with one model, an ensemble and/or TTA; merge the members; write files.
 
@@ -124,6 +129,8 @@ def predict(images, models, ensemble, outdir, tta, distance_model, distance_dir,
     sources = ChannelSources(hstain_dir=hstain_dir, distance_dir=distance_dir)
     overrides = {"DETECTION_MAX_INSTANCES": max_detections,
                  "DETECTION_MIN_CONFIDENCE": min_confidence}
+    if rois is not None:
+        overrides.update(POST_NMS_ROIS_INFERENCE=rois, PRE_NMS_LIMIT=max(6000, 3 * rois))
     failures, total = predict_from_paths(images, models, ensemble, outdir, opts, sources,
                                          overrides, distance_model, log=click.echo,
                                          slide_opts=slide_opts, dask=dask)

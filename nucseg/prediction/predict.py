@@ -448,7 +448,7 @@ def _load_and_predict(paths, specs, shipped, outdir, opts, sources, config_overr
                              "...): give --distance-model DIR or --distance-dir DIR")
     same_settings_or_refuse(outdir, SETTINGS_FILE, settings, opts.resume)   # models loaded
     models = [{"name": s.name, "weights": str(s.weights), "weights_sha256": sha256(s.weights),
-               "config": str(s.config),
+               "config": str(s.config), "rois": getattr(d.config, "POST_NMS_ROIS_INFERENCE", 0),
                "min_confidence": float(d.config.DETECTION_MIN_CONFIDENCE),
                "channel_scaling": ChannelScaling.from_config(d.config).mode}
               for s, d in zip(specs, detectors)]
