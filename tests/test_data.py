@@ -1,5 +1,7 @@
 """Data side: PanNuke import, data sets and pre-processing, aligned augmentation, the loader."""
 import csv
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ from nucseg.data.augment import AugmentOptions, augment
 from nucseg.data.dataset import Dataset, fill_holes, split_components
 from nucseg.io import read_labels, read_rgb, write_labels, write_rgb
 from synthetic import write_square_nuclei
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,6 +181,24 @@ def test_photometric_transforms_leave_extra_channels_alone():
     assert changed
 
 
+def test_stain_augmentation_recolours_only_the_rgb():
+    """HEStain changes the H&E colours of some crops; augment() itself leaves the extra
+    channels alone (the loader recomputes hematoxylin, tested below)."""
+    image = np.dstack([read_rgb(EXAMPLES / "monuseg_crop.png")[:256, :256],
+                       np.full((256, 256, 2), 77, np.uint8)])
+    labels = np.zeros((256, 256), np.int32)
+    options = AugmentOptions(crop_size=256, flips=False, rotate=False,
+                             brightness_contrast=False, stain=True)
+    changed = 0
+    for seed in range(8):
+        out, _ = augment(image, labels, options, seed)
+        assert np.array_equal(out[..., 3:], image[..., 3:])
+        changed += not np.array_equal(out[..., :3], image[..., :3])
+    assert 0 < changed < 8                       # p 0.5
+    plain = AugmentOptions(crop_size=256, flips=False, rotate=False, brightness_contrast=False)
+    assert all(np.array_equal(augment(image, labels, plain, s)[0], image) for s in range(3))
+
+
 # ---------------------------------------------------------------------------------------------
 # loader
 # ---------------------------------------------------------------------------------------------
@@ -232,3 +254,31 @@ def test_per_image_normalisation_uses_the_whole_tile_and_zeroes_the_border(tmp_p
         # only the 1-px interpolation ring at a rotated edge falls below the tile's values
         assert (red < tile_values.min() - 1e-3).mean() < 0.02
     assert corners > 1000                   # some step rotated (p 0.5 over 6 steps)
+
+
+def test_stain_augmented_crops_carry_the_hematoxylin_of_their_new_colours(tmp_path):
+    """With --stain-augment the hematoxylin channel is computed again from the augmented RGB
+    (fixed scaling: OD 0.30 -> 255), as prediction computes it from the RGB it is given."""
+    from nucseg.data.loader import LoaderOptions, TrainingLoader
+    from nucseg.mrcnn.config import Config
+    from nucseg.prediction.channels import ChannelScaling
+    from nucseg.stain import hematoxylin
+
+    write_rgb(tmp_path / "im" / "t.png", read_rgb(EXAMPLES / "monuseg_crop.png"))
+    write_labels(tmp_path / "lab" / "t.png", read_labels(EXAMPLES / "monuseg_crop_labels.png"))
+    dataset = Dataset(tmp_path / "im", tmp_path / "lab", channel_scaling="fixed")
+    config = Config.preset("paper", MAX_GT_INSTANCES=400,
+                           **ChannelScaling("fixed").config_overrides())
+    mean = np.asarray(config.MEAN_PIXEL, np.float32)
+    options = AugmentOptions(crop_size=256, flips=False, rotate=False,
+                             brightness_contrast=False, stain=True)
+    loader = TrainingLoader(dataset, config, options, LoaderOptions(seed=0, workers=1))
+    for step in range(6):
+        image = np.rint(loader.sample(0, step)["input_image"] + mean).astype(np.uint8)
+        expected = ChannelScaling("fixed").hstain(hematoxylin(image[..., :3]))
+        assert np.abs(image[..., 4].astype(int) - expected).max() <= 1
+    plain = TrainingLoader(dataset, config, replace(options, stain=False),
+                           LoaderOptions(seed=0, workers=1))
+    differs = [not np.array_equal(plain.sample(0, k)["input_image"][..., :3],
+                                  loader.sample(0, k)["input_image"][..., :3]) for k in range(6)]
+    assert any(differs) and not all(differs)     # HEStain at p 0.5, same crops otherwise

@@ -70,6 +70,10 @@ from nucseg.cli.common import claims_outdir, dask_option, friendly_errors, main
 @click.option("--no-brightness", is_flag=True,
               help="No random brightness/contrast (RGB only).")
 @click.option("--blur", is_flag=True, help="Add Gaussian blur (RGB only).")
+@click.option("--stain-augment", is_flag=True,
+              help="H&E stain augmentation (albumentations HEStain, random reference stains, "
+                   "p 0.5) for other labs' colours; the hematoxylin channel is recomputed "
+                   "from the augmented RGB.")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=1, show_default=True,
               help="Save every N epochs (and at every stage end).")
 @click.option("--precision", type=click.Choice(["float32", "mixed_bfloat16"]),
@@ -88,7 +92,7 @@ def train(run_dir, images, labels, hstain, distance, classes, config_spec, backb
           schedule, stage, epochs, steps_per_epoch, learning_rate, layers, optimizer, init,
           exclude, resume, folds, metadata, fill_holes, split_components, normalize,
           inputs, channel_scaling, crop_size, no_flips, no_rotate, no_brightness, blur,
-          checkpoint_every, precision, workers, seed, no_progress, dask):
+          stain_augment, checkpoint_every, precision, workers, seed, no_progress, dask):
     """Train Mask R-CNN+ with the paper's staged schedule (or Matterport's).
 
     Ctrl-C leaves the last complete checkpoint; --resume continues from it.
@@ -110,7 +114,7 @@ def train(run_dir, images, labels, hstain, distance, classes, config_spec, backb
     from nucseg.train import TrainOptions, parse_epochs, train_command
 
     augment = {"flips": not no_flips, "rotate": not no_rotate,
-               "brightness_contrast": not no_brightness, "blur": blur}
+               "brightness_contrast": not no_brightness, "blur": blur, "stain": stain_augment}
     if crop_size:
         augment["crop_size"] = crop_size
     options = TrainOptions(schedule=schedule, stage=stage, epochs=parse_epochs(epochs),

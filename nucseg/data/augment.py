@@ -3,7 +3,9 @@
 RGB goes in as the albumentations `image`, so photometric transforms touch only RGB; the extra
 channels (distance, hematoxylin) and the label map go in as mask targets, so geometric
 transforms move them with the image using nearest-neighbour interpolation and photometric ones
-leave them alone. Instances cut away entirely simply vanish from the label map.
+leave them alone. Instances cut away entirely simply vanish from the label map. With stain
+augmentation the training loader recomputes the hematoxylin channel from the augmented RGB
+(nucseg.data.loader), as prediction computes it from the RGB it is given.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ class AugmentOptions:
     rotate: bool = True               # Rotate(limit 180, p 0.5), as Mask R-CNN+ (limit 359)
     brightness_contrast: bool = True  # RandomBrightnessContrast(0.5, 0.5, by max, p 0.4)
     blur: bool = False                # GaussianBlur(sigma 0-2, p 0.3), Matterport nucleus style
+    stain: bool = False               # HEStain(random_preset, p 0.5): other labs' H&E colours
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,6 +42,10 @@ def build_pipeline(options: AugmentOptions, seed: int | None = None):
         steps.append(A.Rotate(limit=180, p=0.5, border_mode=cv2.BORDER_CONSTANT, fill=0,
                               fill_mask=0, interpolation=cv2.INTER_LINEAR,
                               mask_interpolation=cv2.INTER_NEAREST))
+    if options.stain:
+        # a random one of albumentations' 8 reference H&E stain matrices, with stain
+        # intensities scaled by 0.7-1.3 and shifted by +-0.2 (its defaults)
+        steps.append(A.HEStain(method="random_preset", p=0.5))
     if options.brightness_contrast:
         steps.append(A.RandomBrightnessContrast(brightness_limit=0.5, contrast_limit=0.5,
                                                 brightness_by_max=True, p=0.4))

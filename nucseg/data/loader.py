@@ -79,6 +79,7 @@ class TrainingLoader:
         self.anchors = get_pixel_anchors(config, self.image_shape)
         self.per_image = bool(self.options.normalize) or \
             getattr(config, "IMAGE_NORMALIZATION", "mean_pixel") == "per_image"
+        self.hstain_index = _hstain_index(config) if self.augment_options.stain else None
 
     # ------------------------------------------------------------------------- one sample
     def _image_index(self, epoch: int, position: int) -> int:
@@ -96,6 +97,8 @@ class TrainingLoader:
         source = self.dataset.load(index)
         image, labels, valid = augment(source.image, source.labels, self.augment_options,
                                        seed=int(rng.integers(2**31)), return_valid=True)
+        if self.hstain_index is not None:
+            image = restain_hematoxylin(image, valid, self.hstain_index, config)
         masks, class_ids, boxes = instances_from_labels(labels, source.class_of)
         if len(class_ids) > config.MAX_GT_INSTANCES:
             keep = np.sort(rng.choice(len(class_ids), config.MAX_GT_INSTANCES, replace=False))
@@ -160,6 +163,28 @@ class TrainingLoader:
                     pending[nxt] = pool.submit(self.batch, epoch, nxt)
                     nxt += 1
                 yield step, pending.pop(step).result()
+
+
+def _hstain_index(config) -> int | None:
+    """Where the hematoxylin channel sits in the model input, or None (no such channel)."""
+    from nucseg.prediction.channels import extra_channels
+
+    extras = list(extra_channels(config))
+    return 3 + extras.index("hematoxylin") if "hematoxylin" in extras else None
+
+
+def restain_hematoxylin(image: np.ndarray, valid: np.ndarray, index: int, config) -> np.ndarray:
+    """The crop with its hematoxylin channel computed again from its (stain-augmented) RGB,
+    scaled as the model's channel scaling says, 0 outside the image (padding, rotated-in
+    corners), so the channel follows the colours the model is shown. Per-image scaling here
+    uses the crop's own maximum (the tile's is gone after a stain change)."""
+    from nucseg.prediction.channels import ChannelScaling
+    from nucseg.stain import hematoxylin
+
+    out = image.copy()
+    scaled = ChannelScaling.from_config(config).hstain(hematoxylin(image[..., :3]))
+    out[..., index] = np.where(valid, scaled, 0)
+    return out
 
 
 def _crop_size(config) -> int:
