@@ -10,8 +10,10 @@ box within 1 px on every side (nuclei paired by mask IoU > 0.5).
         --out f16chk/
 
 `--float32` is a run directory or .h5 with its config; `--float16` a shipped model's name or
-a .h5 with its config. Outputs already in `--out/f32` and `--out/f16` are reused. The pass
-mark the shipped model is held to: boxes within 1 px and counts within 1 %.
+a .h5 with its config. Both runs get exactly the same settings: the confidence and mask
+thresholds are required, and `--distance-dir` (required for 5-channel models) replaces a
+shipped model's own U-Net. Outputs already in `--out/f32` and `--out/f16` are reused. The mark
+the shipped model is held to: counts within 1 %, boxes within 1 px.
 """
 from __future__ import annotations
 
@@ -51,8 +53,8 @@ def main() -> int:
     parser.add_argument("--float16", required=True)
     parser.add_argument("--images", required=True)
     parser.add_argument("--distance-dir", help="<stem>_dist.tif maps (5-channel models)")
-    parser.add_argument("--min-confidence", type=float, default=None)
-    parser.add_argument("--mask-threshold", type=float, default=None)
+    parser.add_argument("--min-confidence", type=float, required=True)
+    parser.add_argument("--mask-threshold", type=float, required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -75,8 +77,10 @@ def main() -> int:
         totals = [t + v for t, v in zip(totals, (n32, n16, close))]
         print(f"{path.name[:-len('_labels.tif')]:28s} {n32:8d} {n16:8d} {close:10d} of {n32}")
     n32, n16, close = totals
-    print(f"all: counts {n32} vs {n16} ({abs(n16 - n32) / max(n32, 1):.2%} apart), "
-          f"{close} of {n32} boxes within 1 px ({close / max(n32, 1):.2%})")
+    apart = abs(n16 - n32) / max(n32, 1)
+    print(f"all: counts {n32} vs {n16} ({apart:.2%} apart: "
+          f"{'within' if apart <= 0.01 else 'NOT within'} 1 %), {close} of {n32} boxes within "
+          f"1 px ({close / max(n32, 1):.2%})")
     return 0
 
 

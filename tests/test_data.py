@@ -282,3 +282,18 @@ def test_stain_augmented_crops_carry_the_hematoxylin_of_their_new_colours(tmp_pa
     differs = [not np.array_equal(plain.sample(0, k)["input_image"][..., :3],
                                   loader.sample(0, k)["input_image"][..., :3]) for k in range(6)]
     assert any(differs) and not all(differs)     # HEStain at p 0.5, same crops otherwise
+
+
+def test_stain_augmentation_with_per_image_scaling_ignores_rotated_in_corners(tmp_path):
+    """Per-image scaling of the recomputed hematoxylin takes the crop's maximum over the image
+    only: black rotated-in corners (a high optical density) must not set it."""
+    from nucseg.data.loader import restain_hematoxylin
+    from nucseg.mrcnn.config import Config
+
+    rgb = read_rgb(EXAMPLES / "monuseg_crop.png").copy()
+    valid = np.ones(rgb.shape[:2], bool)
+    valid[:60, :60] = False
+    rgb[~valid] = 0                               # a rotated-in corner
+    image = np.dstack([rgb, np.zeros(rgb.shape[:2] + (2,), np.uint8)])
+    out = restain_hematoxylin(image, valid, 4, Config.preset("paper"))   # per_image scaling
+    assert out[..., 4][valid].max() == 255 and not out[..., 4][~valid].any()

@@ -82,7 +82,7 @@ def _predict_options(merge_method, iou_threshold, iou_type, min_members, mask_th
 @click.option("--rois", type=click.IntRange(1),
               help="Proposals kept per model call (POST_NMS_ROIS_INFERENCE; PRE_NMS_LIMIT "
                    "becomes 3x, at least 6000). For speed: --tile-size 1024 --rois 8000 "
-                   "--max-detections 1600 (docs/predict.md, \"Tile size\").")
+                   "(docs/predict.md, \"Tile size\").")
 @click.option("--min-confidence", type=click.FloatRange(0, 1),
               help="Override DETECTION_MIN_CONFIDENCE (a one-class model scores every "
                    "detection above 0.5, so lower values act as 0.5).")

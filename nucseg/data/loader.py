@@ -182,8 +182,9 @@ def restain_hematoxylin(image: np.ndarray, valid: np.ndarray, index: int, config
     from nucseg.stain import hematoxylin
 
     out = image.copy()
-    scaled = ChannelScaling.from_config(config).hstain(hematoxylin(image[..., :3]))
-    out[..., index] = np.where(valid, scaled, 0)
+    # black padding has a high optical density: zero it before per-image scaling takes the max
+    h = np.where(valid, hematoxylin(image[..., :3]), 0.0)
+    out[..., index] = np.where(valid, ChannelScaling.from_config(config).hstain(h), 0)
     return out
 
 
