@@ -10,7 +10,8 @@ Steps (all through nucseg's own functions, as the commands run them):
 2. one pass at the lowest candidate confidence, members kept; `nucseg score --min-score T` for
    each candidate T (dropping weaker nuclei equals detecting at T for one model); then the
    one-pass member merged again at other mask thresholds (at the chosen T);
-3. with `--tta`: the four TTA members of every tile, merged at each (min_members,
+3. with `--tta`: the four TTA members of every tile (of `--tta-images`, a subset of the
+   training tiles to save time, when given), merged at each (min_members,
    mask_threshold) candidate, at the chosen T;
 4. the classical baseline (`nucseg baseline`) on the same tiles;
 5. the table: AJI, PQ, DQ, SQ (means over tiles) per setting, the chosen ones marked, and the
@@ -55,6 +56,9 @@ def main() -> int:
     parser.add_argument("--mask-thresholds", default="0.4,0.5,0.7")
     parser.add_argument("--one-pass-mask-thresholds", default="0.3,0.4,0.5,0.6",
                         help="mask thresholds tried on the one-pass member (0.5: Matterport's)")
+    parser.add_argument("--tta-images", help="choose the TTA settings on these training tiles "
+                                             "(e.g. a subset, to save time; default --images)")
+    parser.add_argument("--tta-labels", help="their labels (default --labels)")
     parser.add_argument("--write-thresholds", help="write the chosen settings to this YAML")
     parser.add_argument("--test-images", help="held-out tiles: scored with the settings chosen "
                                               "above (one pass and TTA) beside the baseline")
@@ -119,18 +123,20 @@ def main() -> int:
     best_tta = None
     if args.tta:
         members_dir = out / "tta_members"
-        predict_from_paths([args.images], [args.model], None, members_dir,
+        tta_images, tta_labels = args.tta_images or args.images, args.tta_labels or args.labels
+        predict_from_paths([tta_images], [args.model], None, members_dir,
                            PredictOptions(tta=True, keep_members=True, progress=False,
                                           resume=True), sources,
                            {"DETECTION_MIN_CONFIDENCE": best_t}, log=lambda m: None)
         member_files = sorted(members_dir.glob("*_member*.npz"))
+        print(f"TTA rows below: means over the {len(member_files) // 4} tiles of {tta_images}")
         for k in (int(v) for v in args.members.split(",")):
             for mask in (float(v) for v in args.mask_thresholds.split(",")):
                 merged = out / f"tta_{k}_{mask}"
                 merge_from_paths(member_files, merged, PredictOptions(
                     tta=True, min_members=k, mask_threshold=mask, progress=False),
-                    args.images, sources)
-                rows[("tta", k, mask)], _ = score_directories(args.labels, merged,
+                    tta_images, sources)
+                rows[("tta", k, mask)], _ = score_directories(tta_labels, merged,
                                                               progress=False)
         best_tta = max((key for key in rows if key[0] == "tta"),
                        key=lambda key: rows[key]["mean"]["aji"])
