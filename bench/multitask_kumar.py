@@ -10,9 +10,9 @@ Mask R-CNN+ alone, and their MASK-NMS ensemble; AJI, PQ, DQ, SQ and the recall o
 Steps, each a nucseg command (logged as the line that does the same) or library call:
 1. `nucseg multitask train` on the training tiles for `--minutes` of wall clock (the budget of
    the Mask R-CNN+ run it is compared with), unless `--multitask RUN` is given;
-2. its probability maps of the training tiles; the watershed thresholds chosen there (grid over
-   foreground and interior thresholds, best mean AJI), never on the test tiles;
-3. maps of the test tiles; nuclei with the chosen thresholds, as labels and member files;
+2. `nucseg multitask tune` on the training tiles: the watershed thresholds (grid over
+   foreground and interior thresholds, best mean AJI), never chosen on the test tiles;
+3. `nucseg multitask predict` of the test tiles with them: labels and member files;
 4. `nucseg predict` of the Mask R-CNN+ model on the test tiles, members kept;
 5. `nucseg merge --merge mask-nms --min-members 1` of both members;
 6. the table (means over test tiles; recalls pooled over tiles), the U-Net's training step time
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import subprocess
 import sys
 import time
@@ -74,36 +73,6 @@ def score(truth: dict, predicted: dict) -> dict:
     return result
 
 
-def watershed_labels(maps_dir: Path, stems, opts) -> dict:
-    from nucseg.io import read_float_map
-    from nucseg.multitask.predict import instances, scored_nuclei
-
-    out = {}
-    for stem in stems:
-        maps = np.stack([read_float_map(maps_dir / f"{stem}_{t}.tif")
-                         for t in ("foreground", "boundary", "interior")], -1)
-        out[stem] = scored_nuclei(instances(maps, opts), maps[..., 0])
-    return out
-
-
-def choose_thresholds(maps_dir: Path, truth: dict, grid) -> tuple[object, list]:
-    """The watershed thresholds with the best mean AJI on the given (training) tiles."""
-    from nucseg.io import read_labels
-    from nucseg.metrics import aji
-    from nucseg.multitask.predict import WatershedOptions
-
-    table = []
-    for t_fg, t_in in grid:
-        opts = WatershedOptions(t_foreground=t_fg, t_interior=t_in)
-        merged = watershed_labels(maps_dir, truth, opts)
-        value = float(np.mean([aji(read_labels(p), merged[s].labels)
-                               for s, p in truth.items()]))
-        table.append((t_fg, t_in, value))
-        print(f"  foreground {t_fg:.2f} interior {t_in:.2f}: AJI {value:.3f}", flush=True)
-    best = max(table, key=lambda row: row[2])
-    return WatershedOptions(t_foreground=best[0], t_interior=best[1]), table
-
-
 def seconds_per_tile(folder: Path) -> float:
     import yaml
 
@@ -129,9 +98,7 @@ def main() -> int:
     parser.add_argument("--thresholds", default="0.4,0.5,0.6")
     args = parser.parse_args()
 
-    from nucseg.io import write_labels
-    from nucseg.multitask.predict import as_member
-    from nucseg.prediction.members import save_member
+    from nucseg.multitask.tune import watershed_options
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,22 +113,15 @@ def main() -> int:
         return 0
     with open(mt / "training_log.csv") as fh:
         log = list(csv.DictReader(fh))
-    train_truth, test_truth = truth_files(Path(args.train_labels)), truth_files(
-        Path(args.test_labels))
-    run("multitask", "predict", args.train_images, "-m", mt, "-o", out / "mt_train",
-        "--no-geojson", "--no-csv", "--resume")
-    values = [float(v) for v in args.thresholds.split(",")]
-    print("watershed thresholds on the training tiles:")
-    chosen, _ = choose_thresholds(out / "mt_train", train_truth,
-                                  list(itertools.product(values, values)))
-    run("multitask", "predict", args.test_images, "-m", mt, "-o", out / "mt_test",
-        "--no-geojson", "--no-csv", "--resume")
-    unet_dir, members = out / "unet_alone", out / "unet_members"
-    unet_dir.mkdir(exist_ok=True)
-    members.mkdir(exist_ok=True)
-    for stem, merged in watershed_labels(out / "mt_test", test_truth, chosen).items():
-        write_labels(unet_dir / f"{stem}_labels.tif", merged.labels)
-        save_member(members / f"{stem}_member99.npz", as_member(merged, "multitask"))
+    test_truth = truth_files(Path(args.test_labels))
+    print("watershed thresholds on the training tiles (nucseg multitask tune):")
+    run("multitask", "tune", "-m", mt, "--images", args.train_images, "--labels",
+        args.train_labels, "--values", args.thresholds, "--no-progress")
+    chosen = watershed_options(mt, {})             # the tuned defaults multitask predict uses
+    unet_dir = out / "mt_test"
+    run("multitask", "predict", args.test_images, "-m", mt, "-o", unet_dir, "--no-geojson",
+        "--no-csv", "--keep-members", "--resume")
+    members = unet_dir
     distance = (["--distance-dir", args.mrcnn_distance_dir] if args.mrcnn_distance_dir
                 else ["--distance-model", args.distance_model])
     t0 = time.perf_counter()

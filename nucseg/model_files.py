@@ -126,15 +126,17 @@ def inference_config(config, batch_size: int = 1, **overrides):
 
 def load_model(spec: ModelSpec, batch_size: int = 1, precision: str = "float32", **overrides):
     """A ready MaskRCNN (inference, in `precision`) for a ModelSpec; every weight must load.
-    A multi-task run loads as a MultitaskDetector (only DETECTION_MIN_CONFIDENCE applies to
-    it)."""
+    A multi-task run loads as a MultitaskDetector with its tuned watershed thresholds
+    (nucseg.multitask.tune; only DETECTION_MIN_CONFIDENCE applies to it)."""
     from nucseg.mrcnn import Config, MaskRCNN
 
     if spec.kind == MULTITASK:
         from nucseg.multitask.detector import MultitaskDetector
         from nucseg.multitask.files import load_run
+        from nucseg.multitask.tune import watershed_options
 
         return MultitaskDetector(load_run(spec.weights.parent, spec.weights),
+                                 watershed_options(spec.weights.parent, {}),
                                  min_confidence=overrides.get("DETECTION_MIN_CONFIDENCE"))
 
     try:

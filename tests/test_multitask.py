@@ -429,3 +429,48 @@ def test_predict_writes_maps_nuclei_member_and_record(data, trained, tmp_path):
                      "--weights", data / "labels" / "tile0_labels.tif")
     assert result.exit_code == 2 and result.output.startswith("error: ")
     assert result.output.count("\n") == 1 and "does not fit" in result.output
+
+
+def test_tune_writes_the_best_thresholds_and_predict_takes_them_unless_typed(data, trained,
+                                                                            tmp_path):
+    """`multitask tune` scores every (foreground, interior) pair on labelled tiles and keeps
+    the best in <run>/watershed.yaml; predict (and `nucseg predict -m RUN`) use it, a typed
+    threshold wins, and a bad file is one error line."""
+    import shutil
+
+    import yaml
+
+    from nucseg.model_files import load_model, resolve_model
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    result = run_cli("tune", "-m", run, "--images", data / "images", "--labels",
+                     data / "labels", "--values", "0.3,0.6", "--tile-size", 64, "--margin", 0,
+                     "--no-progress")
+    assert result.exit_code == 0, result.output
+    tuned = yaml.safe_load((run / "watershed.yaml").read_text())
+    assert [(r["t_foreground"], r["t_interior"]) for r in tuned["grid"]] == [
+        (0.3, 0.3), (0.3, 0.6), (0.6, 0.3), (0.6, 0.6)]
+    best = max(tuned["grid"], key=lambda r: r["aji"])
+    assert (tuned["t_foreground"], tuned["t_interior"]) == (best["t_foreground"],
+                                                           best["t_interior"])
+    assert tuned["mean_aji"] == best["aji"] and tuned["tiles"] == ["tile0", "tile1", "tile2"]
+    # predict's defaults come from the file (written here by hand: values no default has)
+    tuned.update(t_foreground=0.35, t_interior=0.65)
+    (run / "watershed.yaml").write_text(yaml.safe_dump(tuned))
+    args = ["predict", data / "images" / "tile0.png", "-m", run, "--min-area", 1,
+            "--tile-size", 64, "--margin", 0]
+    for extra, expected in (([], (0.35, 0.65)), (["--interior-threshold", 0.4], (0.35, 0.4))):
+        out = tmp_path / f"out{len(extra)}"
+        result = run_cli(*args, "-o", out, *extra)
+        assert result.exit_code == 0, result.output
+        used = yaml.safe_load((out / "tile0_record.yaml").read_text())["options"]["watershed"]
+        assert (used["t_foreground"], used["t_interior"]) == expected
+    detector = load_model(resolve_model(run))             # `nucseg predict -m RUN`
+    assert (detector.watershed.t_foreground, detector.watershed.t_interior) == (0.35, 0.65)
+    tuned["t_interior"] = 1.5
+    (run / "watershed.yaml").write_text(yaml.safe_dump(tuned))
+    result = run_cli(*args, "-o", tmp_path / "bad")
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "watershed.yaml" in result.output and "t_interior" in result.output
+    assert not (tmp_path / "bad" / "tile0_labels.tif").exists()

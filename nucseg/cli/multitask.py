@@ -206,13 +206,15 @@ def train(images, labels, run_dir, backbone, decoder_width, train_bn, init_backb
               help="Directory for the outputs and <stem>_record.yaml.")
 @click.option("--foreground-threshold", type=click.FloatRange(0, 1, min_open=True,
                                                               max_open=True),
-              default=0.5, show_default=True, help="Foreground probability cut.")
+              help="Foreground probability cut (default: the run's watershed.yaml from "
+                   "`nucseg multitask tune`, else 0.5).")
 @click.option("--boundary-threshold", type=click.FloatRange(0, 1, min_open=True,
                                                             max_open=True),
-              default=0.5, show_default=True, help="Boundary probability cut (ridges).")
+              help="Boundary probability cut (ridges; default 0.5).")
 @click.option("--interior-threshold", type=click.FloatRange(0, 1, min_open=True,
                                                             max_open=True),
-              default=0.5, show_default=True, help="Interior probability cut (markers).")
+              help="Interior probability cut (markers; default: the run's watershed.yaml, "
+                   "else 0.5).")
 @click.option("--min-marker-area", type=click.IntRange(1), default=2, show_default=True,
               help="Smaller marker parts are dropped as noise (px).")
 @click.option("--min-area", type=click.IntRange(1), default=20, show_default=True,
@@ -253,15 +255,17 @@ def predict(images, run_dir, weights, outdir, foreground_threshold, boundary_thr
     """
     from nucseg.io import expand_inputs, run_batch
     from nucseg.multitask.files import load_run
-    from nucseg.multitask.predict import (PredictSettings, WatershedOptions, is_complete,
-                                          predict_image)
+    from nucseg.multitask.predict import PredictSettings, is_complete, predict_image
+    from nucseg.multitask.tune import watershed_options
     from nucseg.unet.predict import check_tiling
 
     check_tiling(tile_size, margin)
-    settings = PredictSettings(
-        WatershedOptions(foreground_threshold, boundary_threshold, interior_threshold,
-                         min_marker_area, min_area),
-        tile_size, margin, maps, keep_members, member_index, geojson, write_csv)
+    watershed = watershed_options(run_dir, {
+        "t_foreground": foreground_threshold, "t_boundary": boundary_threshold,
+        "t_interior": interior_threshold, "min_marker_area": min_marker_area,
+        "min_area": min_area})
+    settings = PredictSettings(watershed, tile_size, margin, maps, keep_members, member_index,
+                               geojson, write_csv)
     files = require_inputs(expand_inputs(images), "images")
     todo = [f for f in files if not (resume and is_complete(outdir, f.stem, settings))]
     if len(todo) < len(files):
@@ -273,3 +277,47 @@ def predict(images, run_dir, weights, outdir, foreground_threshold, boundary_thr
                              desc="multitask predict")
     click.echo(f"predicted {len(todo) - len(failures)} of {len(todo)} image(s) into {outdir}")
     finish_batch(failures, len(files))
+
+
+@multitask.command("tune")
+@click.option("-m", "--model", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="A run directory of `nucseg multitask train`.")
+@click.option("--images", required=True, type=click.Path(exists=True),
+              help="Labelled training tiles (never the tiles you report figures on).")
+@click.option("--labels", required=True, type=click.Path(exists=True),
+              help="Their instance label maps (same stems, or <stem>_labels).")
+@click.option("--values", default="0.3,0.4,0.5,0.6,0.7", show_default=True,
+              help="Candidate foreground and interior thresholds (every pair is tried).")
+@click.option("--tile-size", type=click.IntRange(32), default=1024, show_default=True)
+@click.option("--margin", type=click.IntRange(0), default=64, show_default=True)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@friendly_errors
+def tune(run_dir, images, labels, values, tile_size, margin, no_progress):
+    """Choose the watershed thresholds on labelled tiles; write <run>/watershed.yaml.
+
+    Every (foreground, interior) pair of --values is scored by mean AJI; the best pair
+    becomes the run's default for `nucseg multitask predict` and `nucseg predict -m RUN`
+    (a typed threshold still wins).
+
+    \b
+    Example:
+      nucseg multitask tune -m runs/mt --images train/images --labels train/labels
+    """
+    from nucseg.multitask.files import load_run
+    from nucseg.multitask.tune import WATERSHED_FILE, tune_run
+    from nucseg.unet.predict import check_tiling
+    from nucseg.unet.train import training_pairs
+
+    check_tiling(tile_size, margin)
+    try:
+        grid = [float(v) for v in values.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"not a list of numbers: {values!r}", param_hint="--values")
+    if not grid or not all(0 < v < 1 for v in grid):
+        raise click.BadParameter("thresholds must be in (0, 1)", param_hint="--values")
+    pairs = training_pairs(images, labels)
+    result = tune_run(load_run(run_dir), pairs, grid, tile_size, margin,
+                      progress=not no_progress)
+    click.echo(f"chose foreground {result['t_foreground']:g}, interior "
+               f"{result['t_interior']:g} (mean AJI {result['mean_aji']:.3f} over "
+               f"{len(result['tiles'])} tile(s)); wrote {Path(run_dir) / WATERSHED_FILE}")
