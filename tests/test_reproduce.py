@@ -238,3 +238,29 @@ def test_example_plan_is_valid_and_bin_script_runs(tmp_path):
                               "nucseg.experiments.command; print('matplotlib' in sys.modules)"],
                              capture_output=True, text=True, timeout=60)
     assert imports.stdout.strip() == "False"
+
+
+def test_dry_run_of_a_split_plan_writes_nothing_and_a_real_run_may_follow(tmp_path, capsys):
+    """`--dry-run` prints the recipe of a plan whose data is split by a metadata column
+    without linking the split folders, so the same OUTDIR is still free for the real run."""
+    from nucseg.experiments import reproduce
+    from nucseg.experiments.command import check_state
+    from nucseg.experiments.plan import load_plan
+
+    for name in ORGANS:
+        write_square_nuclei(tmp_path / "all", name, size=128, count=10, side=12, seed=1)
+    (tmp_path / "metadata.csv").write_text("id,organ,split\n" + "".join(
+        f"{k},{v},{'train' if k.startswith('tr') else 'test'}\n" for k, v in ORGANS.items()))
+    plan = write_plan(tmp_path / "unused", data={
+        "images": str(tmp_path / "all" / "im"), "labels": str(tmp_path / "all" / "lab"),
+        "metadata": str(tmp_path / "metadata.csv"),
+        "split": {"column": "split", "train": "train", "test": "test"}},
+        configurations=["standard"])
+    out = tmp_path / "out"
+    lines = []
+    assert reproduce(plan, out, dry_run=True, echo=lines.append)["exit_status"] == 0
+    text = "\n".join(lines)
+    assert "4 train tiles" in text and "3 test tiles" in text
+    assert f"nucseg train --images {out / 'data' / 'train' / 'images'}" in text
+    assert not out.exists()
+    check_state(load_plan(plan), out, resume=False)        # the real run is not refused

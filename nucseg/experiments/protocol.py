@@ -27,29 +27,32 @@ class Protocol:
     # ------------------------------------------------------------------ set-up
     def resolve_data(self) -> None:
         plan, data = self.plan, dict(self.plan.data)
+        linked, stems = {}, {}
         if plan.split:
-            data.update(link_split(plan, self.out / "data", self.recipe))
+            linked, stems = link_split(plan, self.out / "data", self.recipe)
+            data.update(linked)
         for key in ("train_images", "train_labels", "test_images", "test_labels"):
             if key not in data:
                 raise ValueError(f"the plan needs data.{key} (or data.images, data.labels, "
                                  "data.metadata and data.split)")
-        for key, path in data.items():
-            if key not in ("images", "labels") and not Path(path).exists():
+        for key, path in data.items():      # split folders are not made in a dry run
+            if key not in ("images", "labels", *linked) and not Path(path).exists():
                 raise ValueError(f"data.{key}: {path} not found")
         self.data = {k: Path(v).resolve() for k, v in data.items()}
         self.train_meta = self.data.get("train_metadata") or self.data.get("metadata")
         self.test_meta = self.data.get("test_metadata") or self.data.get("metadata")
         from nucseg.io import expand_inputs
 
-        self.test_stems = [p.stem for p in expand_inputs([self.data["test_images"]])]
+        self.stems = {part: stems.get(part) or [p.stem for p in expand_inputs(
+            [self.data[f"{part}_images"]])] for part in ("train", "test")}
+        self.test_stems = self.stems["test"]
         self.seen = self.seen_organs()
         for row in (ROWS[k] for k in plan.rows):
             self.status[row.key] = self.why_not(row)
 
     def seen_organs(self) -> list[str] | None:
         """The train organs that the test set has (the paper's "seen"), or the plan's list."""
-        from nucseg.io import expand_inputs
-        from nucseg.scoring import image_name, organ_table
+        from nucseg.scoring import organ_table
 
         if not self.test_meta:
             return None
@@ -63,7 +66,7 @@ class Protocol:
         if not self.train_meta:
             return None
         train = organ_table(self.train_meta)
-        names = [image_name(p) for p in expand_inputs([self.data["train_images"]])]
+        names = self.stems["train"]
         return sorted({train[n] for n in names if n in train} & test_organs) or None
 
     def why_not(self, row: Row) -> str:
@@ -315,9 +318,10 @@ def write_run_means(score_files, path: Path) -> None:
                                  indent=1) + "\n")
 
 
-def link_split(plan: Plan, root: Path, recipe: Recipe) -> dict:
+def link_split(plan: Plan, root: Path, recipe: Recipe) -> tuple[dict, dict]:
     """data.images/labels split by a metadata column (e.g. MoNuSeg's split_hovernet_kumar)
-    into symlinked train/test folders, so every nucseg command sees one folder per set."""
+    into symlinked train/test folders, so every nucseg command sees one folder per set.
+    Returns the folders (data keys) and the image stems of each part."""
     import csv
     import os
 
@@ -334,7 +338,7 @@ def link_split(plan: Plan, root: Path, recipe: Recipe) -> dict:
     labels = {image_name(p): p for p in expand_inputs([data["labels"]])}
     with open(data["metadata"], newline="", encoding="utf-8-sig") as fh:
         table = list(csv.DictReader(fh))
-    found = {}
+    found, stems = {}, {}
     for part in ("train", "test"):
         wanted = {str(v) for v in (split[part] if isinstance(split[part], list)
                                    else [split[part]])}
@@ -343,14 +347,17 @@ def link_split(plan: Plan, root: Path, recipe: Recipe) -> dict:
             raise ValueError(f"data.split: no row has {split['column']} in {sorted(wanted)}")
         for kind, files in (("images", images), ("labels", labels)):
             folder = root / part / kind
-            folder.mkdir(parents=True, exist_ok=True)
-            for name in ids:
-                if name not in files:
-                    raise ValueError(f"data.split: no {kind[:-1]} file for {name}")
-                link = folder / files[name].name
-                if not link.exists():
-                    os.symlink(files[name].resolve(), link)
+            missing = [name for name in ids if name not in files]
+            if missing:
+                raise ValueError(f"data.split: no {kind[:-1]} file for {missing[0]}")
+            if not recipe.dry_run:      # a dry run writes nothing (a real run may follow)
+                folder.mkdir(parents=True, exist_ok=True)
+                for name in ids:
+                    link = folder / files[name].name
+                    if not link.exists():
+                        os.symlink(files[name].resolve(), link)
             found[f"{part}_{kind}"] = folder
+        stems[part] = sorted(images[name].stem for name in ids)
         recipe.comment(f"{len(ids)} {part} tiles ({split['column']} in {', '.join(sorted(wanted))})"
                        f" linked into {quote(root / part)}/images and /labels")
-    return found
+    return found, stems
