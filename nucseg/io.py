@@ -324,6 +324,21 @@ def sha256(path) -> str:
     return h.hexdigest()
 
 
+def read_tagged_yaml(path, fmt: str, what: str) -> dict:
+    """A YAML mapping whose `format:` is `fmt` (manifests, threshold files); anything else is
+    one InputError naming the file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(path, f"unreadable {what} ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise InputError(path, f"not a {what} (format: {fmt})")
+    return data
+
+
 def make_record(command: str, inputs: Iterable = (), options: dict | None = None,
                 checksums: bool = False, **extra) -> dict:
     """What a run did, to be written beside its outputs: inputs, options, version, time."""

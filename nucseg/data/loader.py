@@ -184,7 +184,7 @@ def restain_hematoxylin(image: np.ndarray, valid: np.ndarray, index: int, config
     out = image.copy()
     # black padding has a high optical density: zero it before per-image scaling takes the max
     h = np.where(valid, hematoxylin(image[..., :3]), 0.0)
-    out[..., index] = np.where(valid, ChannelScaling.from_config(config).hstain(h), 0)
+    out[..., index] = ChannelScaling.from_config(config).hstain(h)      # 0 stays 0
     return out
 
 

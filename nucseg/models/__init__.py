@@ -19,9 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
-from nucseg.io import InputError, sha256
+from nucseg.io import InputError, read_tagged_yaml, sha256
 
 MODELS_DIR = Path(__file__).resolve().parent
 MANIFEST = "model.yaml"
@@ -64,12 +63,7 @@ def available(models_dir=None) -> list[str]:
 
 def read_manifest(folder) -> dict:
     path = Path(folder) / MANIFEST
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InputError(path, f"unreadable model manifest ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise InputError(path, f"not a nucseg model manifest (format: {MANIFEST_FORMAT})")
+    data = read_tagged_yaml(path, MANIFEST_FORMAT, "nucseg model manifest")
     if not isinstance(data.get("files"), dict) or not data["files"]:
         raise InputError(path, "the manifest lists no files with their sha256")
     return data

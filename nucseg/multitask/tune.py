@@ -72,17 +72,12 @@ def tune_run(loaded, pairs, values, tile_size: int = 1024, margin: int = 64,
 def read_tuned(run_dir) -> dict:
     """The tuned thresholds of a run ({} without a watershed.yaml); a bad file is an
     InputError, never a silent default."""
-    import yaml
+    from nucseg.io import read_tagged_yaml
 
     path = Path(run_dir) / WATERSHED_FILE
     if not path.is_file():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InputError(path, f"unreadable ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise InputError(path, f"not a watershed threshold file (format: {FORMAT})")
+    data = read_tagged_yaml(path, FORMAT, "watershed threshold file")
     tuned = {}
     for key in TUNED_KEYS:
         value = data.get(key)
