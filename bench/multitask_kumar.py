@@ -5,6 +5,7 @@ Mask R-CNN+ alone, and their MASK-NMS ensemble; AJI, PQ, DQ, SQ and the recall o
     python bench/multitask_kumar.py --train-images k/train/images --train-labels k/train/labels \\
         --test-images k/test/images --test-labels k/test/labels \\
         --mrcnn runs/k_fixed --mrcnn-distance-dir dist16_k_test --out bench_mt/ \\
+        --mrcnn-thresholds k_thresholds_one.yaml \\
         [--multitask RUN | --minutes 150 --backbone resnet50 --init-backbone CKPT.h5]
 
 Steps, each a nucseg command (logged as the line that does the same) or library call:
@@ -13,7 +14,8 @@ Steps, each a nucseg command (logged as the line that does the same) or library 
 2. `nucseg multitask tune` on the training tiles: the watershed thresholds (grid over
    foreground and interior thresholds, best mean AJI), never chosen on the test tiles;
 3. `nucseg multitask predict` of the test tiles with them: labels and member files;
-4. `nucseg predict` of the Mask R-CNN+ model on the test tiles, members kept;
+4. `nucseg predict` of the Mask R-CNN+ model on the test tiles, members kept, with the
+   settings chosen on the training tiles (`--mrcnn-thresholds`; else the run's defaults);
 5. `nucseg merge --merge mask-nms --min-members 1` of both members;
 6. the table (means over test tiles; recalls pooled over tiles), the U-Net's training step time
    and each model's predict seconds per tile (from the records). Exit 0.
@@ -96,6 +98,9 @@ def main() -> int:
                                                 "tiles only)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--thresholds", default="0.4,0.5,0.6")
+    parser.add_argument("--mrcnn-thresholds", help="YAML of the Mask R-CNN+ settings chosen on "
+                        "the training tiles (bench/shipped_model.py --write-thresholds): "
+                        "min_confidence, mask_threshold_one_pass")
     args = parser.parse_args()
 
     from nucseg.multitask.tune import watershed_options
@@ -124,8 +129,15 @@ def main() -> int:
     members = unet_dir
     distance = (["--distance-dir", args.mrcnn_distance_dir] if args.mrcnn_distance_dir
                 else ["--distance-model", args.distance_model])
+    tuned = []
+    if args.mrcnn_thresholds:
+        import yaml
+
+        settings = yaml.safe_load(Path(args.mrcnn_thresholds).read_text())
+        tuned = ["--min-confidence", settings["min_confidence"],
+                 "--mask-threshold", settings["mask_threshold_one_pass"]]
     t0 = time.perf_counter()
-    run("predict", args.test_images, "-m", args.mrcnn, *distance, "--keep-members",
+    run("predict", args.test_images, "-m", args.mrcnn, *distance, *tuned, "--keep-members",
         "-o", out / "mrcnn", "--resume")
     mrcnn_seconds = (time.perf_counter() - t0) / max(len(test_truth), 1)
     run("merge", *sorted((out / "mrcnn").glob("*_member00.npz")), *sorted(members.glob("*.npz")),

@@ -54,6 +54,13 @@ class ShippedModel:
         """Prediction settings chosen on training data (the StarDist thresholds.json idea)."""
         return dict(self.manifest.get("thresholds") or {})
 
+    def config_overrides(self, overrides: dict | None = None) -> dict:
+        """Config overrides with the shipped min confidence wherever the user set none."""
+        merged = dict(overrides or {})
+        if merged.get("DETECTION_MIN_CONFIDENCE") is None and "min_confidence" in self.thresholds:
+            merged["DETECTION_MIN_CONFIDENCE"] = float(self.thresholds["min_confidence"])
+        return merged
+
 
 def available(models_dir=None) -> list[str]:
     """Names of the models shipped in `models_dir` (default: the installed package's)."""
@@ -124,14 +131,12 @@ def load(name: str | None = None, batch_size: int = 1, models_dir=None, **overri
     from nucseg.model_files import ModelSpec, load_model
 
     model = verify(find(name, models_dir))
-    thresholds = model.thresholds
-    if overrides.get("DETECTION_MIN_CONFIDENCE") is None and "min_confidence" in thresholds:
-        overrides["DETECTION_MIN_CONFIDENCE"] = float(thresholds["min_confidence"])
-    detector = load_model(ModelSpec(model.weights, model.config), batch_size, **overrides)
+    detector = load_model(ModelSpec(model.weights, model.config), batch_size,
+                          **model.config_overrides(overrides))
     detector.name = model.name
     unet = None
     if model.unet_dir is not None:
         from nucseg.unet import load_unet
 
         unet = load_unet(model.unet_dir)
-    return detector, unet, thresholds
+    return detector, unet, model.thresholds

@@ -476,9 +476,7 @@ def shipped_defaults(model, opts: PredictOptions, config_overrides: dict | None)
     """Fill the settings the user left unset with a shipped model's tuned thresholds."""
 
     thresholds = model.thresholds
-    overrides = dict(config_overrides or {})
-    if overrides.get("DETECTION_MIN_CONFIDENCE") is None and "min_confidence" in thresholds:
-        overrides["DETECTION_MIN_CONFIDENCE"] = float(thresholds["min_confidence"])
+    overrides = model.config_overrides(config_overrides)
     changes = {}
     if opts.tta:
         for key in ("min_members", "mask_threshold"):
