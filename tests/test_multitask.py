@@ -339,6 +339,14 @@ def test_resume_continues_with_the_saved_state_and_refuses_other_settings(data, 
         assert int(state["epochs_done"]) == 3 and int(state["v0000"]) == 3 * 2
     result = run_cli("train", "-o", run, "--resume", "--lr", "0.1")
     assert result.exit_code == 2 and "--lr" in result.output
+    # without --epochs a resume keeps the run's own target (3, reached): a clear line, not a
+    # silent "trained 50 epochs" with the target reset to the default
+    result = run_cli("train", "-o", run, "--resume", "--no-progress")
+    assert result.exit_code != 0 and "done 3 of 3 epoch(s)" in result.output
+    assert "Traceback" not in result.output
+    import yaml
+
+    assert yaml.safe_load((run / "config.yaml").read_text())["training"]["options"]["epochs"] == 3
     result = run_cli("train", "--images", data / "images", "--labels", data / "labels",
                      "-o", run, "--epochs", 1, *TRAIN_ARGS)     # a run is there already
     assert result.exit_code == 2 and "--resume" in result.output

@@ -103,7 +103,8 @@ def _task_weights(text: str) -> tuple:
               help="Matterport-layout Mask R-CNN HDF5 (COCO weights, a nucseg checkpoint) whose "
                    "ResNet initialises the encoder by layer name.")
 @_target_options
-@click.option("--epochs", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=None,
+              help="Epochs in all  [default: 50; with --resume: the run's own]")
 @click.option("--batch-size", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--crop-size", type=click.IntRange(32), default=256, show_default=True,
               help="Random crop side (multiple of 32).")
@@ -171,6 +172,8 @@ def train(images, labels, run_dir, backbone, decoder_width, train_bn, init_backb
         if not images or not labels:
             raise click.UsageError("--images and --labels are required (except with --resume)")
         pairs = training_pairs(images, labels)
+    if epochs is None and not resume:
+        epochs = 50
     opts = TrainOptions(epochs=epochs, batch_size=batch_size, crop_size=crop_size,
                         crops_per_tile=crops_per_tile, lr=lr, lr_drop_every=lr_drop_every,
                         loss=LossWeights(bce_weight, dice_weight, task_weights),

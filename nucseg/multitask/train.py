@@ -155,8 +155,13 @@ def resolve_run(run_dir: Path, network: NetworkConfig, targets: TargetOptions,
     if resume:
         saved = read_config(run_dir)
         saved_opts = TrainOptions.from_dict(saved.training.get("options", {}))
-        saved_opts.epochs = opts.epochs
+        if opts.epochs is not None:          # None: keep the run's own epoch target
+            saved_opts.epochs = opts.epochs
         saved_opts.max_seconds = opts.max_seconds
+        done = int(saved.training.get("epochs_done", 0))
+        if done >= saved_opts.epochs:
+            raise ValueError(f"{run_dir}: the run has done {done} of {saved_opts.epochs} "
+                             f"epoch(s); pass --epochs N with N > {done} to train on")
         return saved, saved_opts
     if (run_dir / "config.yaml").is_file():
         raise FileExistsError(f"{run_dir} already holds a multi-task U-Net run; pass --resume "
@@ -175,11 +180,11 @@ def train_multitask(pairs, run_dir, network: NetworkConfig | None = None,
 
     run_dir = Path(run_dir)
     opts = opts or TrainOptions()
-    opts.validate()
     if not pairs:
         raise ValueError("no training pairs (image + label map with the same stem)")
     config, opts = resolve_run(run_dir, network or NetworkConfig(), targets or TargetOptions(),
                                opts, resume)
+    opts.validate()
     tiles = load_tiles(pairs, config.targets)
 
     keras.utils.set_random_seed(opts.seed)
