@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+import yaml
 
 from nucseg.cli import main
 from nucseg.io import read_labels, write_labels, write_rgb
@@ -344,8 +345,6 @@ def test_resume_continues_with_the_saved_state_and_refuses_other_settings(data, 
     result = run_cli("train", "-o", run, "--resume", "--no-progress")
     assert result.exit_code != 0 and "done 3 of 3 epoch(s)" in result.output
     assert "Traceback" not in result.output
-    import yaml
-
     assert yaml.safe_load((run / "config.yaml").read_text())["training"]["options"]["epochs"] == 3
     result = run_cli("train", "--images", data / "images", "--labels", data / "labels",
                      "-o", run, "--epochs", 1, *TRAIN_ARGS)     # a run is there already

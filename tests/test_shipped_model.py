@@ -24,7 +24,7 @@ MARGIN = 0.05          # AJI above the baseline's on the crop, at least
 def test_the_default_model_ships_verified_within_the_size_budget():
     model = nucseg.models.named(nucseg.models.DEFAULT_MODEL)       # checks every sha256
     assert model is not None and model.weights.is_file() and model.unet_dir.is_dir()
-    size = sum((model.folder / f).stat().st_size for f in model.manifest["files"])
+    size = nucseg.models.show(model.name)["size_bytes"]
     assert size <= 120 * 10 ** 6          # the 120 MB budget (decimal megabytes)
     assert model.manifest["license"].startswith("CC BY-NC-SA 4.0")
     assert model.manifest["pixel_size_um"] == pytest.approx(0.25, abs=0.03)

@@ -173,7 +173,7 @@ def train(images, labels, run_dir, backbone, decoder_width, train_bn, init_backb
             raise click.UsageError("--images and --labels are required (except with --resume)")
         pairs = training_pairs(images, labels)
     if epochs is None and not resume:
-        epochs = 50
+        epochs = TrainOptions.epochs             # the dataclass default; a resume keeps its own
     opts = TrainOptions(epochs=epochs, batch_size=batch_size, crop_size=crop_size,
                         crops_per_tile=crops_per_tile, lr=lr, lr_drop_every=lr_drop_every,
                         loss=LossWeights(bce_weight, dice_weight, task_weights),

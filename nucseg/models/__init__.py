@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from nucseg.io import InputError, read_tagged_yaml, sha256
 
 MODELS_DIR = Path(__file__).resolve().parent
