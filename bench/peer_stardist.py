@@ -14,37 +14,12 @@ so its figures can be put beside the nucseg model's:
    the label PNGs, and print the per-tile table, the mean, organ and seen/unseen means (the
    table `nucseg score --format table` prints) and the predict time per 1000x1000 tile.
 
-The recipe is StarDist's own 2D training notebook (examples/2D/2_training.ipynb; StarDist has
-no separate H&E training notebook for the 0.9 package: its CoNIC H&E notebooks need a custom
-branch), with RGB input: Config2D(n_rays=32, grid=(2,2), n_channel_in=3) as the notebook sets
-it, every other setting at its 0.9 default (U-Net depth 3 / 32 filters, 256x256
-patches, batch 4, Adam 3e-4, 100 steps per epoch, loss weights (1, 0.2), ReduceLROnPlateau
-factor 0.5 / patience 40, keep the weights of the best validation loss); inputs normalised per
-image with csbdeep's `normalize(x, 1, 99.8)` over each channel separately (the notebook's
-`axis_norm = (0,1)`; `--norm joint` normalises the three channels together); label holes
-filled (`fill_label_holes`); the notebook's augmentation: a random one of the 8 flips /
-90-degree rotations, a random intensity scale in [0.6, 2] and shift in [-0.2, 0.2], Gaussian
-noise of sigma in [0, 0.02] (`--augment fliprot`: flips / rotations only). Training stops at the
-budget (checked after every step; the partial epoch is still validated) or after 400 epochs.
-Prediction: `predict_instances` with the tuned thresholds and the notebook's
-`n_tiles=model._guess_n_tiles(x)`. TensorBoard logging is off (it only costs time).
-
-By default all 16 tiles are trained on, and the tuning tiles (which are also StarDist's
-validation images for its learning-rate schedule and best-weights checkpoint) are 3 of them,
-as nucseg trains on all 16; `--holdout-tune` keeps them out of training instead (13 training
-tiles), the notebook's train/validation split.
-
-StarDist 0.9.2 / csbdeep 0.8.2 run on TensorFlow 2.16+ with Keras 2 (`tf-keras`, selected by
-TF_USE_LEGACY_KERAS=1; csbdeep warns that this "might work, but is not regularly tested") or
-with Keras 3. `--keras 2` (tf-keras) is the default: in a short test here it trained about 1.4x
-faster per step than Keras 3 and predicted faster, with the same losses over the first steps
-for the same seed; `--keras 3` is the other choice. Either way StarDist and its stack
-(tf-keras, csbdeep, numba) stay out of nucseg's environment: it runs in a virtual environment
-of its own, as a subprocess. This script (normal python3, with nucseg) writes the tiles as
-.npy files (the held-out tiles' labels are never given to StarDist), writes a small worker
-program into the output directory and runs it with the venv's python; the worker writes the
-model, one `<tile>_labels.npy` label map per held-out tile and a JSON record; this script then
-scores the label maps. Only plain files are exchanged (no pickles).
+The recipe (StarDist's own 2D training notebook with RGB input, every other setting at its
+0.9 default), the tuning-tile choice, the Keras 2 / Keras 3 choice and the figures measured
+here are in docs/peer-stardist.md. StarDist and its stack (tf-keras, csbdeep, numba) stay out
+of nucseg's environment: the worker runs in a virtual environment of its own, as a subprocess,
+and only plain files are exchanged (.npy tiles, JSON; no pickles; the held-out tiles' labels
+are never given to StarDist).
 
 Create the venv once (CPU only, about 2.7 GB, outside the repository; the pip line pins the
 versions this script was checked with):
@@ -57,6 +32,7 @@ Run (from the repository; the data default is ../shared/data/monuseg2018):
     python bench/peer_stardist.py --budget-minutes 60                 # the full figure
     python bench/peer_stardist.py --budget-minutes 3 --eval-tiles 2   # smoke test
     python bench/peer_stardist.py --budget-minutes 60 --out runs/stardist60 --seed 1
+    python bench/peer_stardist.py --report runs/stardist60   # print a finished run again
 
 The output directory keeps the model (`model/stardist_he/`: config.json, weights_best.h5,
 thresholds.json), the label maps (`pred/`), `scores.csv` (nucseg's per-image score CSV, which
@@ -311,6 +287,127 @@ def run_worker(python: Path, job_path: Path, log_path: Path, env: dict) -> int:
         return proc.wait()
 
 
+def nucseg_figures() -> list[tuple[str, dict]]:
+    """The shipped model's recorded Kumar held-out figures (model.yaml), for the side-by-side
+    table: its Kumar twin was trained with the shipped recipe on the same 16 tiles and scored
+    on the same 14 with the same metric code."""
+    import re
+
+    from nucseg import models
+
+    try:
+        manifest = models.show()
+    except Exception as exc:  # no shipped model installed: print StarDist alone
+        print(f"(no shipped nucseg model to compare with: {exc})")
+        return []
+    text = str(manifest.get("figures", {}).get("held_out_kumar_twin_14", ""))
+    speed = str(manifest.get("figures", {}).get("predict_1000px_tile_2_cpu_cores", ""))
+    number = r"([0-9.]+)"
+    rows = []
+    for label, pattern in (("one pass", r"one pass"), ("--tta", r"TTA"),
+                           ("nucseg baseline", r"baseline")):
+        m = re.search(pattern + rf" AJI {number} PQ {number} DQ {number} SQ {number}", text)
+        if m:
+            rows.append((label, dict(zip(("aji", "pq", "dq", "sq"), map(float, m.groups())))))
+    seconds = dict(zip(("one pass", "--tta"), re.findall(r"([0-9.]+) s", speed)))
+    for label, row in rows:
+        row["seconds"] = seconds.get(label)
+    return [(f"nucseg {manifest['name']} Kumar twin, {label}" if label != "nucseg baseline"
+             else label, row) for label, row in rows]
+
+
+def report(out: Path, data: Path, seen_organs: str, venv: Path, wall: float | None = None):
+    """Score a finished run's label maps and print its figures beside nucseg's."""
+    from nucseg.io import read_labels
+    from nucseg.metrics import score_pair
+    from nucseg.score_formats import to_csv, to_json, to_table
+    from nucseg.scoring import organ_table, summarize
+
+    job = json.loads((out / "job.json").read_text())
+    res = json.loads((out / "result.json").read_text())
+    tune, norm, augment = job["tune_images"], job["norm"], job["augment"]
+
+    organs = organ_table(data / "metadata.csv")
+    rows = []
+    for tile in res["tiles"]:
+        gt = read_labels(data / "labels" / f"{tile['image']}.png")
+        pred = np.load(out / "pred" / f"{tile['image']}_labels.npy", allow_pickle=False)
+        rows.append({"image": tile["image"], **score_pair(gt, pred)})
+    result = summarize(rows, {r["image"]: organs[r["image"]] for r in rows},
+                       [o for o in seen_organs.split(",") if o.strip()])
+    (out / "scores.csv").write_text(to_csv(result))
+    (out / "scores.json").write_text(to_json(result))
+
+    v, cfg = res["versions"], res["config"]
+    steps, train_s = res["steps"], res["train_s"]
+    print()
+    print(f"StarDist {v['stardist']}, csbdeep {v['csbdeep']}, TensorFlow {v['tensorflow']}, "
+          f"{v['keras']}, numpy {v['numpy']} (venv {venv}, CPU only)")
+    print(f"recipe: n_rays {cfg['n_rays']}, grid {tuple(cfg['grid'])}, patch "
+          f"{tuple(cfg['train_patch_size'])}, batch {cfg['train_batch_size']}, lr "
+          f"{cfg['train_learning_rate']:g}, U-Net depth {cfg['unet_n_depth']} / "
+          f"{cfg['unet_n_filter_base']} filters; normalize 1/99.8 "
+          f"({'per channel' if norm == 'channel' else 'channels jointly'}); augmentation "
+          f"{augment}; median nucleus extent {res['median_extent']} px, field of view "
+          f"{res['field_of_view']} px")
+    epochs_note = (f"{res['epochs']} epochs of {cfg['train_steps_per_epoch']} steps"
+                   + (" (the last one partial)" if res["stopped_by_budget"]
+                      and steps % cfg["train_steps_per_epoch"] else ""))
+    print(f"training: {steps} steps = {epochs_note} in {train_s / 60:.1f} min "
+          f"({'stopped by the budget' if res['stopped_by_budget'] else 'all epochs done'}); "
+          f"{train_s / max(steps, 1):.2f} s/step overall (first step "
+          f"{res['first_step_s'] or 0:.1f} s, with tracing); "
+          f"{steps * cfg['train_batch_size']} patches seen")
+    if res["history"]:
+        first, last = res["history"][0], res["history"][-1]
+        nan = float("nan")
+        print(f"  loss {first.get('loss', nan):.4f} -> {last.get('loss', nan):.4f}"
+              f", val_loss {first.get('val_loss', nan):.4f} -> "
+              f"{last.get('val_loss', nan):.4f}; weights used: best val_loss, epoch "
+              f"{res['best_epoch']} (StarDist's checkpoint)")
+    th = res["thresholds"]
+    if res["tune_error"]:
+        print(f"thresholds: optimize_thresholds FAILED ({res['tune_error']}); StarDist's "
+              f"defaults used: prob {th['prob']:.3f}, nms {th['nms']:.2f}")
+    else:
+        print(f"thresholds (optimize_thresholds on {len(tune)} training tiles, "
+              f"{res['tune_s']:.0f} s): prob {th['prob']:.3f}, nms {th['nms']:.2f}")
+    if wall is not None:
+        print(f"worker wall time {wall / 60:.1f} min; load average now "
+              f"{os.getloadavg()[0]:.2f}")
+    print()
+    print(f"held-out tiles, scored with nucseg.metrics.score_pair:")
+    print(to_table(result), end="")
+    times = np.array([t["seconds"] for t in res["tiles"]])
+    shapes = sorted({"x".join(str(s) for s in t["shape"]) for t in res["tiles"]})
+    print()
+    print(f"predict time per tile ({', '.join(shapes)} px; normalize + predict_instances with "
+          f"n_tiles {tuple(res['tiles'][0]['n_tiles'][:2])}, after a warm-up): "
+          f"mean {times.mean():.1f} s, median {np.median(times):.1f} s, "
+          f"min {times.min():.1f} s, max {times.max():.1f} s")
+    for t in res["tiles"]:
+        print(f"  {t['image']}  {t['seconds']:6.1f} s")
+    m = result["mean"]
+    print(f"StarDist held-out mean over {len(rows)} tiles: AJI {m['aji']:.4f}, PQ {m['pq']:.4f},"
+          f" DQ {m['dq']:.4f}, SQ {m['sq']:.4f} after {train_s / 60:.0f} min / {steps} steps "
+          f"of training; {np.median(times):.1f} s per tile (median)")
+    print(f"per-image scores: {out / 'scores.csv'} (nucseg compare reads it); model: "
+          f"{out / 'model' / 'stardist_he'}")
+
+    print()
+    print(f"{f'{len(rows)} held-out Kumar tiles (means)':<46} {'AJI':>6} {'PQ':>6} {'DQ':>6} {'SQ':>6} "
+          f"{'s/tile':>7}")
+    ours = [(f"StarDist {v['stardist']}, {train_s / 60:.0f} min of training",
+             {**m, "seconds": float(np.median(times))})] + nucseg_figures()
+    for label, row in ours:
+        sec = f"{float(row['seconds']):7.1f}" if row.get("seconds") is not None else f"{'-':>7}"
+        print(f"{label:<46} {row['aji']:6.3f} {row['pq']:6.3f} {row['dq']:6.3f} "
+              f"{row['sq']:6.3f} {sec}")
+    print("(nucseg rows: the 14 tiles, recorded in the shipped model's model.yaml; its Kumar "
+          "twin trained 3.3 h of step time on the same 16 tiles; seconds: the shipped model, "
+          "the same network)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -348,19 +445,21 @@ def main():
                         help="print a progress line every N training steps")
     parser.add_argument("--seen-organs", default="breast,kidney,liver,prostate",
                         help="organs of the training tiles, for the seen/unseen means")
+    parser.add_argument("--report", type=Path, metavar="DIR",
+                        help="train nothing: score and print the finished run in DIR again")
     args = parser.parse_args()
 
     from nucseg import __version__ as nucseg_version
-    from nucseg.io import read_labels
-    from nucseg.metrics import score_pair
-    from nucseg.score_formats import to_csv, to_json, to_table
-    from nucseg.scoring import organ_table, summarize
 
+    data = args.data.resolve()
+    if args.report:
+        if not (args.report / "result.json").is_file():
+            sys.exit(f"error: {args.report}: no result.json of a finished run")
+        return report(args.report.resolve(), data, args.seen_organs, args.venv)
     python = args.venv / "bin" / "python"
     if not python.exists():
         sys.exit(f"error: {python}: no StarDist venv; create it with\n  "
                  + VENV_HINT.format(venv=args.venv))
-    data = args.data.resolve()
     if not (data / "metadata.csv").is_file():
         sys.exit(f"error: {data / 'metadata.csv'}: not found (pass --data)")
     train, test = kumar_split(data)
@@ -407,74 +506,8 @@ def main():
         tail = (out / "worker.log").read_text(errors="replace").splitlines()[-25:]
         print("\n".join(tail), file=sys.stderr)
         sys.exit(f"error: StarDist worker failed (exit {rc}); log: {out / 'worker.log'}")
-    res = json.loads((out / "result.json").read_text())
     shutil.rmtree(inputs, ignore_errors=True)
-
-    organs = organ_table(data / "metadata.csv")
-    rows = []
-    for tile in res["tiles"]:
-        gt = read_labels(data / "labels" / f"{tile['image']}.png")
-        pred = np.load(out / "pred" / f"{tile['image']}_labels.npy", allow_pickle=False)
-        rows.append({"image": tile["image"], **score_pair(gt, pred)})
-    result = summarize(rows, {r["image"]: organs[r["image"]] for r in rows},
-                       [o for o in args.seen_organs.split(",") if o.strip()])
-    (out / "scores.csv").write_text(to_csv(result))
-    (out / "scores.json").write_text(to_json(result))
-
-    v, cfg = res["versions"], res["config"]
-    steps, train_s = res["steps"], res["train_s"]
-    print()
-    print(f"StarDist {v['stardist']}, csbdeep {v['csbdeep']}, TensorFlow {v['tensorflow']}, "
-          f"{v['keras']}, numpy {v['numpy']} (venv {args.venv}, CPU only)")
-    print(f"recipe: n_rays {cfg['n_rays']}, grid {tuple(cfg['grid'])}, patch "
-          f"{tuple(cfg['train_patch_size'])}, batch {cfg['train_batch_size']}, lr "
-          f"{cfg['train_learning_rate']:g}, U-Net depth {cfg['unet_n_depth']} / "
-          f"{cfg['unet_n_filter_base']} filters; normalize 1/99.8 "
-          f"({'per channel' if args.norm == 'channel' else 'channels jointly'}); augmentation "
-          f"{args.augment}; median nucleus extent {res['median_extent']} px, field of view "
-          f"{res['field_of_view']} px")
-    epochs_note = (f"{res['epochs']} epochs of {cfg['train_steps_per_epoch']} steps"
-                   + (" (the last one partial)" if res["stopped_by_budget"]
-                      and steps % cfg["train_steps_per_epoch"] else ""))
-    print(f"training: {steps} steps = {epochs_note} in {train_s / 60:.1f} min "
-          f"({'stopped by the budget' if res['stopped_by_budget'] else 'all epochs done'}); "
-          f"{train_s / max(steps, 1):.2f} s/step overall (first step "
-          f"{res['first_step_s'] or 0:.1f} s, with tracing); "
-          f"{steps * cfg['train_batch_size']} patches seen")
-    if res["history"]:
-        first, last = res["history"][0], res["history"][-1]
-        nan = float("nan")
-        print(f"  loss {first.get('loss', nan):.4f} -> {last.get('loss', nan):.4f}"
-              f", val_loss {first.get('val_loss', nan):.4f} -> "
-              f"{last.get('val_loss', nan):.4f}; weights used: best val_loss, epoch "
-              f"{res['best_epoch']} (StarDist's checkpoint)")
-    th = res["thresholds"]
-    if res["tune_error"]:
-        print(f"thresholds: optimize_thresholds FAILED ({res['tune_error']}); StarDist's "
-              f"defaults used: prob {th['prob']:.3f}, nms {th['nms']:.2f}")
-    else:
-        print(f"thresholds (optimize_thresholds on {len(tune)} training tiles, "
-              f"{res['tune_s']:.0f} s): prob {th['prob']:.3f}, nms {th['nms']:.2f}")
-    print(f"worker wall time {wall / 60:.1f} min; load average now "
-          f"{os.getloadavg()[0]:.2f}")
-    print()
-    print(f"held-out tiles, scored with nucseg.metrics.score_pair:")
-    print(to_table(result), end="")
-    times = np.array([t["seconds"] for t in res["tiles"]])
-    shapes = sorted({"x".join(str(s) for s in t["shape"]) for t in res["tiles"]})
-    print()
-    print(f"predict time per tile ({', '.join(shapes)} px; normalize + predict_instances with "
-          f"n_tiles {tuple(res['tiles'][0]['n_tiles'][:2])}, after a warm-up): "
-          f"mean {times.mean():.1f} s, median {np.median(times):.1f} s, "
-          f"min {times.min():.1f} s, max {times.max():.1f} s")
-    for t in res["tiles"]:
-        print(f"  {t['image']}  {t['seconds']:6.1f} s")
-    m = result["mean"]
-    print(f"StarDist held-out mean over {len(rows)} tiles: AJI {m['aji']:.4f}, PQ {m['pq']:.4f},"
-          f" DQ {m['dq']:.4f}, SQ {m['sq']:.4f} after {train_s / 60:.0f} min / {steps} steps "
-          f"of training; {np.median(times):.1f} s per tile (median)")
-    print(f"per-image scores: {out / 'scores.csv'} (nucseg compare reads it); model: "
-          f"{out / 'model' / 'stardist_he'}")
+    report(out, data, args.seen_organs, args.venv, wall)
 
 
 if __name__ == "__main__":
