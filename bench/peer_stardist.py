@@ -395,8 +395,8 @@ def report(out: Path, data: Path, seen_organs: str, venv: Path, wall: float | No
           f"{out / 'model' / 'stardist_he'}")
 
     print()
-    print(f"{f'{len(rows)} held-out Kumar tiles (means)':<46} {'AJI':>6} {'PQ':>6} {'DQ':>6} {'SQ':>6} "
-          f"{'s/tile':>7}")
+    title = f"{len(rows)} held-out Kumar tiles (means)"
+    print(f"{title:<46} {'AJI':>6} {'PQ':>6} {'DQ':>6} {'SQ':>6} {'s/tile':>7}")
     ours = [(f"StarDist {v['stardist']}, {train_s / 60:.0f} min of training",
              {**m, "seconds": float(np.median(times))})] + nucseg_figures()
     for label, row in ours:

@@ -38,10 +38,13 @@ def read_score_table(path) -> dict[str, dict[str, float | None]]:
                 from None
     else:
         rows = list(csv.DictReader(io.StringIO(text)))
-    if not rows or "image" not in rows[0]:
+    if not isinstance(rows, list) or not rows:
         raise InputError(path, "score table needs an 'image' column and at least one row")
     table: dict[str, dict] = {}
     for number, row in enumerate(rows, start=2):
+        if not isinstance(row, dict) or not str(row.get("image") or "").strip():
+            raise InputError(path, f"row {number}: no image name (a score table needs an "
+                                   "'image' column)")
         image = str(row["image"]).strip()
         if image in table:
             raise InputError(path, f"image '{image}' appears twice")

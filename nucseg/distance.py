@@ -65,10 +65,9 @@ def distance_model_channel(dist: np.ndarray) -> np.ndarray:
 
 def distance_output_name(labels_path) -> str:
     """`<stem>_dist.tif`, with a trailing `_labels` dropped so the name pairs with the image."""
-    from pathlib import Path
+    from nucseg.io import label_stem
 
-    stem = Path(labels_path).stem
-    return f"{stem.removesuffix('_labels') or stem}_dist.tif"
+    return f"{label_stem(labels_path)}_dist.tif"
 
 
 def distance_file(labels_path, outdir):

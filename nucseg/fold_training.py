@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nucseg.train as training   # train_run looked up at call time (tests replace it)
+from nucseg.io import InputError
 
 FOLD_PLAN = "folds_plan.yaml"
 
@@ -69,9 +70,15 @@ def resume_folds(run_dir, options: training.TrainOptions, log=print, extend=None
     if plan is None:
         raise ValueError(f"{run_dir}: nothing to resume (neither config.yaml of a run nor "
                          f"{FOLD_PLAN} of a fold ensemble)")
-    saved = {**plan["options"], "progress": options.progress}
+    try:
+        saved = {**plan["options"], "progress": options.progress}
+        folds = [(f["name"], f["train"], f["held_out"]) for f in plan["folds"]]
+        config, dataset = Config(**plan["config"]), Dataset.from_description(plan["dataset"])
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:
+        raise InputError(run_dir / FOLD_PLAN, f"damaged run file: unusable settings "
+                                              f"({exc})") from None
     saved.update(training._schedule_changes(saved, extend))
-    folds = [(f["name"], f["train"], f["held_out"]) for f in plan["folds"]]
-    return train_folds(Config(**plan["config"]), Dataset.from_description(plan["dataset"]),
-                       run_dir, training.TrainOptions(**saved), folds, resume=True, log=log,
-                       extend=extend, dask=dask)
+    return train_folds(config, dataset, run_dir,
+                       training._saved_settings(run_dir / FOLD_PLAN, training.TrainOptions,
+                                                saved),
+                       folds, resume=True, log=log, extend=extend, dask=dask)

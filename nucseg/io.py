@@ -49,6 +49,9 @@ def _read_array(path: Path) -> np.ndarray:
     try:
         if suffix == ".npy":
             data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.ndarray):      # an .npz archive under a .npy name
+                data.close()
+                raise InputError(path, "not a .npy array (an .npz archive?)")
         else:
             data = None
             if suffix in (".tif", ".tiff"):
@@ -239,14 +242,24 @@ def output_path(outdir, input_path, suffix: str) -> Path:
     return Path(outdir) / f"{Path(input_path).stem}{suffix}"
 
 
+def label_stem(path) -> str:
+    """A label map's stem without a trailing `_labels`: the name its outputs (distance map,
+    targets) take, so that they pair with the image."""
+    stem = Path(path).stem
+    return stem.removesuffix("_labels") or stem
+
+
 def expand_inputs(paths: Iterable, extensions: Sequence[str] = IMAGE_EXTENSIONS,
-                  unique_stems: bool = True) -> list[Path]:
+                  unique_stems: bool = True, name: Callable[[Path], str] | None = None
+                  ) -> list[Path]:
     """Files as given, directories expanded to their files with a known extension (sorted).
 
-    A path that does not exist is an error before any work. Outputs are named by input stem,
-    so two inputs with one stem (a/x.tif, b/x.png) are refused rather than written over each
-    other (`unique_stems`).
+    A path that does not exist is an error before any work. Outputs are named by input stem
+    (or by `name`, e.g. label_stem), so two inputs with one name (a/x.tif, b/x.png; x.tif and
+    x_labels.tif under label_stem) are refused rather than written over each other
+    (`unique_stems`).
     """
+    name = name or (lambda f: f.stem)
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -259,12 +272,12 @@ def expand_inputs(paths: Iterable, extensions: Sequence[str] = IMAGE_EXTENSIONS,
     if unique_stems:
         seen: dict[str, Path] = {}
         for f in found:
-            if f.stem in seen and seen[f.stem].resolve() != f.resolve():
-                raise InputError(f, f"has the same stem as {seen[f.stem]}; outputs are named "
-                                    "by stem, so one would overwrite the other")
-            seen.setdefault(f.stem, f)
-        found = [f for i, f in enumerate(found) if seen[f.stem] is f or
-                 seen[f.stem].resolve() != f.resolve()]
+            key = name(f)
+            if key in seen and seen[key].resolve() != f.resolve():
+                raise InputError(f, f"has the same stem as {seen[key]} (outputs named "
+                                    f"'{key}'), so one would overwrite the other")
+            seen.setdefault(key, f)
+        found = [f for f in found if seen[name(f)] is f or seen[name(f)].resolve() != f.resolve()]
     return found
 
 
@@ -302,6 +315,43 @@ def read_epoch_log(path, keep_epochs: int) -> list[dict]:
         return []
     with open(path, newline="", encoding="utf-8") as fh:
         return [row for row in csv.DictReader(fh) if int(row["epoch"]) <= keep_epochs]
+
+
+def read_csv_table(path, required: Sequence[str], what: str,
+                   may_be_empty: Sequence[str] = ()) -> list[tuple[int, dict]]:
+    """(line number, row) of a user's CSV file with a header, keys and values stripped.
+
+    The one reader of user CSV tables (metadata, class tables, nuclei tables): a missing
+    file, undecodable text, a missing column or a row without a value in a required column
+    (other than `may_be_empty`) is one InputError naming the file (and the line).
+    """
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} not found")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            fields = [f.strip() for f in reader.fieldnames or [] if f]
+            missing = [c for c in required if c not in fields]
+            if missing:
+                raise InputError(path, f"{what} needs the column(s) {', '.join(missing)}; "
+                                       f"found {', '.join(fields) or 'none'}")
+            rows = []
+            for row in reader:
+                row = {k.strip(): (v or "").strip() for k, v in row.items()
+                       if isinstance(k, str) and isinstance(v, (str, type(None)))}
+                if not any(row.values()):
+                    continue                        # a blank line
+                empty = [c for c in required if not row.get(c) and c not in may_be_empty]
+                if empty:
+                    raise InputError(path, f"line {reader.line_num}: no value for "
+                                           f"{', '.join(empty)}")
+                rows.append((reader.line_num, row))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(path, f"cannot read {what} ({exc})") from None
+    return rows
 
 
 def write_csv_rows(path, rows: Sequence[dict], fields: Sequence[str]) -> Path:
@@ -388,6 +438,17 @@ def _plain(value):
     return value
 
 
+def os_error_line(exc: OSError) -> str:
+    """`<file>: <problem>` for an OSError (a file in the way of a directory, no permission,
+    a full disk), without Python's '[Errno N]' decoration."""
+    if exc.filename is None:        # raised with a message of its own
+        return str(exc)
+    where = exc.filename
+    if getattr(exc, "filename2", None):
+        where = f"{where} -> {exc.filename2}"
+    return f"{where}: {exc.strerror or exc}"
+
+
 def run_batch(items: Sequence, work: Callable, desc: str = "", progress: bool = True) -> list[str]:
     """Apply `work` to each item with a progress bar; a bad item is reported, not fatal.
 
@@ -400,7 +461,8 @@ def run_batch(items: Sequence, work: Callable, desc: str = "", progress: bool = 
                      file=sys.stderr):
         try:
             work(item)
-        except InputError as exc:
-            failures.append(str(exc))
-            tqdm.write(f"error: {exc}", file=sys.stderr)
+        except (InputError, OSError) as exc:      # OSError: e.g. a folder where an output goes
+            line = str(exc) if isinstance(exc, InputError) else os_error_line(exc)
+            failures.append(line)
+            tqdm.write(f"error: {line}", file=sys.stderr)
     return failures

@@ -8,7 +8,6 @@ model never saw in training. Rendering to table/CSV text lives in `nucseg.score_
 """
 from __future__ import annotations
 
-import csv
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from nucseg.io import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, InputError, read_labels
+from nucseg.io import (IMAGE_EXTENSIONS, LABEL_EXTENSIONS, InputError, read_csv_table,
+                       read_labels)
 from nucseg.metrics import COUNT_NAMES, METRIC_NAMES, score_pair
 
 #: Name endings dropped to find the image a label map belongs to (`<stem>_labels.tif`).
@@ -114,15 +114,11 @@ def keep_confident(labels: np.ndarray, table_path, min_score: float) -> np.ndarr
         raise InputError(table_path, "missing: --min-score needs the nuclei CSV that "
                                      "`nucseg predict` writes beside each label map")
     scores = {}
-    with open(table_path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if not {"id", "score"} <= set(reader.fieldnames or ()):
-            raise InputError(table_path, "needs the columns id and score")
+    for line, row in read_csv_table(table_path, ("id", "score"), "nuclei table"):
         try:
-            for row in reader:
-                scores[int(row["id"])] = float(row["score"])
+            scores[int(row["id"])] = float(row["score"])
         except ValueError as exc:
-            raise InputError(table_path, f"line {reader.line_num}: {exc}") from None
+            raise InputError(table_path, f"line {line}: {exc}") from None
     ids = np.unique(labels)
     ids = ids[ids != 0]
     unknown = [int(i) for i in ids if int(i) not in scores]
@@ -212,23 +208,9 @@ def summarize(rows: list[dict], organs: dict[str, str] | None = None,
 def organ_table(path) -> dict[str, str]:
     """Every row of a metadata CSV with columns ``id`` and ``organ``: image name -> organ
     (lower case). MoNuSeg's metadata.csv works as it is; extra columns are ignored."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "metadata file not found")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            fields = [f.strip() for f in reader.fieldnames or []]
-            if "id" not in fields or "organ" not in fields:
-                raise InputError(path, f"metadata needs columns 'id' and 'organ', found "
-                                       f"{', '.join(fields) or 'none'}")
-            organs = {}
-            for row in reader:
-                row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-                if row["id"]:
-                    organs[_metadata_image(row["id"])] = row["organ"].lower() or "unknown"
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(path, f"cannot read metadata CSV ({exc})") from None
+    organs = {}
+    for _, row in read_csv_table(path, ("id", "organ"), "metadata CSV", may_be_empty=("organ",)):
+        organs[_metadata_image(row["id"])] = row["organ"].lower() or "unknown"
     return organs
 
 

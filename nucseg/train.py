@@ -158,10 +158,33 @@ def _write_yaml(path, data):
         tmp.write_text(yaml.safe_dump(_plain(data), sort_keys=False), encoding="utf-8")
 
 
-def _read_yaml(path):
+def _read_yaml(path) -> dict:
+    """A run directory's own YAML mapping (train.yaml, the fold plan); a damaged one is one
+    InputError naming it."""
     import yaml
 
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    from nucseg.io import InputError
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(path, f"unreadable run file ({exc.__class__.__name__})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(path, "damaged run file: not a YAML mapping")
+    return data
+
+
+def _saved_settings(path, make, data):
+    """`make(**data)` for settings a run saved; a damaged file is one InputError naming it."""
+    from nucseg.io import InputError
+
+    try:
+        return make(**data)
+    except (TypeError, AttributeError, KeyError) as exc:
+        raise InputError(path, f"damaged run file: unusable settings ({exc})") from None
 
 
 def train_run(config, dataset, run_dir, options: TrainOptions, resume: bool = False,
@@ -183,10 +206,11 @@ def train_run(config, dataset, run_dir, options: TrainOptions, resume: bool = Fa
         if not (run_dir / "config.yaml").is_file():
             raise ValueError(f"{run_dir}: nothing to resume (no config.yaml)")
         config = Config.from_yaml(run_dir / "config.yaml")
-        saved = _read_yaml(run_dir / "train.yaml") or {}
+        saved = _read_yaml(run_dir / "train.yaml")
         saved_data = saved.pop("dataset", None)
         changes = _schedule_changes(saved, extend)
-        options = TrainOptions(**{**saved, **changes, "progress": options.progress})
+        options = _saved_settings(run_dir / "train.yaml", TrainOptions,
+                                  {**saved, **changes, "progress": options.progress})
         if changes:
             log("schedule changed on resume: " + ", ".join(
                 f"{key} {saved.get(key)} -> {value}" for key, value in changes.items()))
@@ -195,7 +219,8 @@ def train_run(config, dataset, run_dir, options: TrainOptions, resume: bool = Fa
                 raise ValueError(f"{run_dir}/train.yaml does not say which data it trained on")
             from nucseg.data.dataset import Dataset
 
-            dataset = Dataset.from_description(saved_data)
+            dataset = _saved_settings(run_dir / "train.yaml", Dataset.from_description,
+                                      {"description": saved_data})
     elif last is not None:
         raise FileExistsError(f"{run_dir} already holds checkpoints ({last[0].name}); use "
                               "--resume to continue it or choose a new run directory")
@@ -320,7 +345,8 @@ def _run_epoch(trainer, loader, epoch, steps, stage, csv_path, options, summary)
             summary["last_losses"] = dict(losses)
             summary["steps"] += 1
             if not np.isfinite(losses["loss"]):
-                raise FloatingPointError(f"loss became {losses['loss']} at epoch {epoch + 1}, "
+                raise FloatingPointError(f"{csv_path.parent}: loss became {losses['loss']} at "
+                                         f"epoch {epoch + 1}, "
                                          f"step {step + 1}; lower the learning rate")
             bar.set_postfix({k.replace("_loss", ""): f"{losses[k]:.3f}" for k in LOSS_COLUMNS
                              if k != "l2_loss"})

@@ -95,6 +95,23 @@ def test_float16_file_holds_the_rounded_float32_weights_and_loads_as_float32(pac
     np.testing.assert_array_equal(kernel, half["mrcnn_mask"][0][1].astype(np.float32))
 
 
+def test_a_failed_pack_leaves_no_folder_and_info_cannot_overwrite_the_manifest(packed,
+                                                                              tmp_path):
+    from nucseg.models.pack import pack_model
+
+    _, run = packed
+    weights, config = run / "mask_rcnn_tiny_0001.h5", run / "config.yaml"
+    no_unet = tmp_path / "empty_unet"
+    no_unet.mkdir()
+    with pytest.raises(OSError):
+        pack_model(weights, config, tmp_path / "models" / "m", "m", unet_dir=no_unet)
+    assert list((tmp_path / "models").iterdir()) == []            # nor a temp folder
+    with pytest.raises(ValueError, match="may not set files, weights"):
+        pack_model(weights, config, tmp_path / "models" / "m", "m",
+                   info={"weights": "x.h5", "files": {}})
+    assert list((tmp_path / "models").iterdir()) == []
+
+
 def test_corrupted_or_truncated_file_is_one_clear_error(packed, tmp_path, monkeypatch):
     models_dir, _ = packed
     copy = tmp_path / "models"

@@ -7,17 +7,7 @@ import sys
 import click
 
 from nucseg._version import __version__
-
-
-def os_error_line(exc: OSError) -> str:
-    """`<file>: <problem>` for an OSError (a file in the way of a directory, no permission,
-    a full disk), without Python's '[Errno N]' decoration."""
-    if exc.filename is None:        # raised with a message of its own
-        return str(exc)
-    where = exc.filename
-    if getattr(exc, "filename2", None):
-        where = f"{where} -> {exc.filename2}"
-    return f"{where}: {exc.strerror or exc}"
+from nucseg.io import InputError, os_error_line
 
 
 def friendly_errors(fn):
@@ -25,11 +15,9 @@ def friendly_errors(fn):
     SIGTERM and an interrupt signal end with one line and status 130."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from nucseg.io import InputError
-
         try:
             return fn(*args, **kwargs)
-        except (InputError, ValueError) as exc:
+        except (InputError, ValueError, ArithmeticError) as exc:   # e.g. a loss that became NaN
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         except OSError as exc:

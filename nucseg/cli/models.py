@@ -89,12 +89,19 @@ def pack(model_path, unet_dir, name, info_yaml, thresholds_yaml, model_card, out
     from nucseg.model_files import resolve_model
     from nucseg.models.pack import pack_model
 
+    from pathlib import Path
+
+    from nucseg.io import InputError
+
     def read(path):
         if path is None:
             return {}
-        data = yaml.safe_load(open(path, encoding="utf-8"))
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise InputError(path, f"unreadable YAML ({exc.__class__.__name__})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a YAML mapping")
+            raise InputError(path, "expected a YAML mapping")
         return data
 
     spec = resolve_model(model_path)

@@ -49,11 +49,13 @@ def targets(labels, outdir, boundary_distance, interior_radius):
       nucseg multitask targets labels/ -o targets/
       nucseg multitask targets tile_labels.tif -o targets/ --interior-radius 3
     """
-    from nucseg.io import LABEL_EXTENSIONS, expand_inputs, make_record, run_batch, write_record
+    from nucseg.io import (LABEL_EXTENSIONS, expand_inputs, label_stem, make_record, run_batch,
+                           write_record)
     from nucseg.multitask.targets import TargetOptions, targets_file
 
     options = TargetOptions(boundary_distance, interior_radius)
-    files = require_inputs(expand_inputs(labels, LABEL_EXTENSIONS), "label maps")
+    files = require_inputs(expand_inputs(labels, LABEL_EXTENSIONS, name=label_stem),
+                           "label maps")
     written = []
     failures = run_batch(files, lambda f: written.extend(targets_file(f, outdir, options)),
                          desc="targets")

@@ -104,15 +104,11 @@ def distance_labels(labels, outdir):
       nucseg distance labels labels_dir/ -o dist_dir/
     """
     from nucseg.distance import distance_file
-    from nucseg.io import (
-        LABEL_EXTENSIONS,
-        expand_inputs,
-        make_record,
-        run_batch,
-        write_record,
-    )
+    from nucseg.io import (LABEL_EXTENSIONS, expand_inputs, label_stem, make_record, run_batch,
+                           write_record)
 
-    files = require_inputs(expand_inputs(labels, LABEL_EXTENSIONS), "label maps")
+    files = require_inputs(expand_inputs(labels, LABEL_EXTENSIONS, name=label_stem),
+                           "label maps")
     written = []
     failures = run_batch(files, lambda f: written.append(distance_file(f, outdir)),
                          desc="distance")

@@ -7,7 +7,6 @@ deconvolution, the distance map from the ground-truth labels (as the paper train
 """
 from __future__ import annotations
 
-import csv
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from nucseg.io import (IMAGE_EXTENSIONS, LABEL_EXTENSIONS, InputError, expand_inputs,
-                       pair_by_stem, read_float_map, read_labels, read_rgb)
+                       pair_by_stem, read_csv_table, read_float_map, read_labels, read_rgb)
 
 LABEL_SUFFIXES = ("", "_labels", "_label", "_mask", "_masks")
 HSTAIN_SUFFIXES = ("", "_hstain", "_h")
@@ -107,26 +106,19 @@ def compose_channels(rgb: np.ndarray, labels: np.ndarray | None, channels: int,
 # ---------------------------------------------------------------------------------------------
 def read_class_table(path) -> tuple[dict, dict]:
     """classes.csv (image, label, class_id[, class_name]) -> ({image: {label: class}}, names)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "class table not found")
     table: dict = {}
     names: dict = {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"image", "label", "class_id"} - set(reader.fieldnames or ())
-        if missing:
-            raise InputError(path, f"class table lacks column(s) {', '.join(sorted(missing))}")
-        for row in reader:
-            try:
-                label, class_id = int(row["label"]), int(row["class_id"])
-            except ValueError:
-                raise InputError(path, f"non-integer label/class_id in row {row}") from None
-            if class_id < 1:
-                raise InputError(path, f"class ids start at 1 (0 is background); got {class_id}")
-            table.setdefault(row["image"], {})[label] = class_id
-            if row.get("class_name"):
-                names[class_id] = row["class_name"]
+    for line, row in read_csv_table(path, ("image", "label", "class_id"), "class table"):
+        try:
+            label, class_id = int(row["label"]), int(row["class_id"])
+        except ValueError:
+            raise InputError(path, f"line {line}: label and class_id must be integers") from None
+        if class_id < 1:
+            raise InputError(path, f"line {line}: class ids start at 1 (0 is background); "
+                                   f"got {class_id}")
+        table.setdefault(row["image"], {})[label] = class_id
+        if row.get("class_name"):
+            names[class_id] = row["class_name"]
     return table, names
 
 

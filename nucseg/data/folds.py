@@ -1,7 +1,6 @@
 """Cross-training folds: the paper's organ-group ensemble and plain k-fold splits."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +21,10 @@ def organ_folds(metadata_csv, names) -> list[tuple[str, list[str], list[str]]]:
     metadata CSV needs columns id and organ; images of organs outside the groups always train.
     """
     from nucseg.io import InputError
+    from nucseg.scoring import organ_table
 
     path = Path(metadata_csv)
-    if not path.is_file():
-        raise InputError(path, "metadata file not found")
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if not {"id", "organ"} <= set(reader.fieldnames or ()):
-            raise InputError(path, "metadata needs columns 'id' and 'organ'")
-        organ_of = {row["id"]: row["organ"].strip().lower() for row in reader}
+    organ_of = organ_table(path)
     unknown = [n for n in names if n not in organ_of]
     if unknown:
         raise InputError(path, f"no organ for {len(unknown)} training image(s), e.g. "

@@ -6,6 +6,7 @@ every committed version forever, so a model is packed once, when final.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -62,24 +63,50 @@ def pack_unet_weights(source, target) -> Path:
     return target
 
 
+RESERVED_KEYS = ("format", "format_version", "name", "weights", "config", "unet", "thresholds",
+                 "files")
+
+
 def pack_model(weights, config, out_dir, name: str, unet_dir=None, thresholds: dict | None = None,
                info: dict | None = None, model_card=None) -> Path:
     """Write `out_dir` (= nucseg/models/<name>/ to ship it): float16 weights, config, U-Net,
-    MODEL.md and model.yaml with every file's sha256. Refuses a non-empty `out_dir`."""
+    MODEL.md and model.yaml with every file's sha256. Refuses a non-empty `out_dir`.
+
+    The folder is built under a temporary name beside `out_dir` and renamed when complete, so
+    a failure (a bad U-Net folder, NaN weights) leaves nothing behind.
+    """
     from nucseg.mrcnn import Config
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(out_dir, "exists and is not empty; pack into a new folder")
+    clash = sorted(set(info or {}) & set(RESERVED_KEYS))
+    if clash:
+        raise ValueError(f"--info may not set {', '.join(clash)} (the packer writes them)")
     Config.from_yaml(config)                                  # refuse a config nucseg can't read
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"mask_rcnn.h5": pack_mask_rcnn_weights(weights, out_dir / "mask_rcnn.h5")}
-    shutil.copyfile(config, out_dir / "config.yaml")
-    files["config.yaml"] = out_dir / "config.yaml"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.packing-", dir=out_dir.parent))
+    try:
+        _write_model_folder(building, weights, config, name, unet_dir, thresholds, info,
+                            model_card)
+        if out_dir.exists():
+            out_dir.rmdir()                                   # empty, checked above
+        building.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_model_folder(folder: Path, weights, config, name, unet_dir, thresholds, info,
+                        model_card) -> None:
+    files = {"mask_rcnn.h5": pack_mask_rcnn_weights(weights, folder / "mask_rcnn.h5")}
+    shutil.copyfile(config, folder / "config.yaml")
+    files["config.yaml"] = folder / "config.yaml"
     manifest = {"format": MANIFEST_FORMAT, "format_version": 1, "name": name,
                 "weights": "mask_rcnn.h5", "config": "config.yaml"}
     if unet_dir is not None:
-        unet_out = out_dir / "unet"
+        unet_out = folder / "unet"
         unet_out.mkdir()
         shutil.copyfile(Path(unet_dir) / "unet.json", unet_out / "unet.json")
         files["unet/unet.json"] = unet_out / "unet.json"
@@ -87,11 +114,9 @@ def pack_model(weights, config, out_dir, name: str, unet_dir=None, thresholds: d
                                                           unet_out / "unet.weights.h5")
         manifest["unet"] = "unet"
     if model_card is not None:
-        shutil.copyfile(model_card, out_dir / "MODEL.md")
-        files["MODEL.md"] = out_dir / "MODEL.md"
+        shutil.copyfile(model_card, folder / "MODEL.md")
+        files["MODEL.md"] = folder / "MODEL.md"
     manifest.update(info or {})
     manifest["thresholds"] = dict(thresholds or {})
     manifest["files"] = {key: sha256(path) for key, path in sorted(files.items())}
-    with atomic_path(out_dir / MANIFEST) as tmp:
-        tmp.write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
-    return out_dir
+    (folder / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")

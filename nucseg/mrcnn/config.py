@@ -294,8 +294,8 @@ class Config:
             raise InputError(path, "config file not found")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise InputError(path, f"not valid YAML ({exc})") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise InputError(path, f"not valid YAML ({exc.__class__.__name__}: {exc})") from None
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -308,6 +308,8 @@ class Config:
             return cls(**data)
         except ValueError as exc:
             raise InputError(path, str(exc)) from None
+        except TypeError as exc:    # e.g. MASK_SHAPE: 28 where a pair is needed
+            raise InputError(path, f"a value has the wrong type ({exc})") from None
 
     def display(self) -> None:
         """Print every attribute, sorted, as Matterport's Config.display does."""

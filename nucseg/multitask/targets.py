@@ -105,8 +105,9 @@ def make_targets(labels: np.ndarray, options: TargetOptions | None = None) -> np
 
 def target_names(labels_path) -> dict[str, str]:
     """Output file names per target (plus the colour preview), `_labels` dropped from the stem."""
-    stem = Path(labels_path).stem
-    stem = stem.removesuffix("_labels") or stem
+    from nucseg.io import label_stem
+
+    stem = label_stem(labels_path)
     names = {name: f"{stem}_{name}.png" for name in TARGET_NAMES}
     names["preview"] = f"{stem}_targets.png"
     return names

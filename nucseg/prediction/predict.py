@@ -328,6 +328,12 @@ def merge_member_group(stem: str, group, outdir, opts: PredictOptions, image_dir
     start = time.perf_counter()
     paths = [p for p, _ in group]
     members = [m for _, m in group]
+    for path, member in zip(paths[1:], members[1:]):
+        if tuple(member.image_shape) != tuple(members[0].image_shape):
+            raise InputError(path, f"member made on a {member.image_shape[0]}x"
+                                   f"{member.image_shape[1]} image, but {paths[0]} on "
+                                   f"{members[0].image_shape[0]}x{members[0].image_shape[1]} "
+                                   f"(image {stem} not merged)")
     merged = merge_members(members, opts.merge, **opts.merge_kwargs(len(members)))
     image = _find_image(stem, members[0], image_dir)
     rgb = read_rgb(image) if image is not None else None
