@@ -15,7 +15,7 @@ from nucseg.io import InputError, write_labels
 from nucseg.mrcnn.config import Config
 from nucseg.scoring import keep_confident, organ_table
 
-from test_bad_inputs import _member, assert_one_error, invoke
+from test_bad_inputs import _member, assert_one_error, error_lines, invoke
 
 
 def two_nuclei():
@@ -125,7 +125,7 @@ def test_a_folder_in_the_way_of_one_output_does_not_stop_the_batch(tmp_path):
     (tmp_path / "out" / "a_dist.tif").mkdir(parents=True)       # a folder where a file goes
     result = invoke("distance", "labels", tmp_path / "in", "-o", tmp_path / "out")
     assert result.exit_code != 0
-    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    errors = error_lines(result)
     assert any("a_dist" in line for line in errors), result.output
     assert "Traceback" not in result.output
     assert (tmp_path / "out" / "b_dist.tif").is_file()
@@ -139,7 +139,7 @@ def test_members_of_one_image_made_on_different_sizes_are_reported_and_the_rest_
     second = second.rename(tmp_path / "members" / "pair_member01.npz")
     result = invoke("merge", good, first, second, "-o", tmp_path / "out", "--min-area", "1")
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    errors = error_lines(result)
     assert any(line.startswith(f"error: {second}: member made on a 48x48 image")
                for line in errors), result.output
     assert (tmp_path / "out" / "good_labels.tif").is_file()
