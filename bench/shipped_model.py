@@ -72,7 +72,8 @@ def main() -> int:
     from nucseg.baseline import baseline_file
     from nucseg.prediction.channels import ChannelSources
     from nucseg.io import expand_inputs
-    from nucseg.prediction.predict import PredictOptions, merge_from_paths, predict_from_paths
+    from nucseg.prediction.merge_saved import merge_from_paths
+    from nucseg.prediction.predict import PredictOptions, predict_from_paths
     from nucseg.scoring import score_directories
 
     out = Path(args.out)

@@ -341,7 +341,7 @@ def read_csv_table(path, required: Sequence[str], what: str,
             rows = []
             for row in reader:
                 row = {k.strip(): (v or "").strip() for k, v in row.items()
-                       if isinstance(k, str) and isinstance(v, (str, type(None)))}
+                       if isinstance(k, str)}          # key None: the surplus fields
                 if not any(row.values()):
                     continue                        # a blank line
                 empty = [c for c in required if not row.get(c) and c not in may_be_empty]
@@ -374,9 +374,9 @@ def sha256(path) -> str:
     return h.hexdigest()
 
 
-def read_tagged_yaml(path, fmt: str, what: str) -> dict:
-    """A YAML mapping whose `format:` is `fmt` (manifests, threshold files); anything else is
-    one InputError naming the file."""
+def read_yaml_mapping(path, what: str) -> dict:
+    """A YAML file that must hold a mapping (an empty file is {}); unreadable text, bad YAML
+    or another kind of document is one InputError naming the file."""
     import yaml
 
     path = Path(path)
@@ -384,7 +384,18 @@ def read_tagged_yaml(path, fmt: str, what: str) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise InputError(path, f"unreadable {what} ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict) or data.get("format") != fmt:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(path, f"not a {what}: expected a YAML mapping")
+    return data
+
+
+def read_tagged_yaml(path, fmt: str, what: str) -> dict:
+    """A YAML mapping whose `format:` is `fmt` (manifests, threshold files); anything else is
+    one InputError naming the file."""
+    data = read_yaml_mapping(path, what)
+    if data.get("format") != fmt:
         raise InputError(path, f"not a {what} (format: {fmt})")
     return data
 

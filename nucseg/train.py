@@ -159,22 +159,10 @@ def _write_yaml(path, data):
 
 
 def _read_yaml(path) -> dict:
-    """A run directory's own YAML mapping (train.yaml, the fold plan); a damaged one is one
-    InputError naming it."""
-    import yaml
+    """A run directory's own YAML mapping (train.yaml, the fold plan)."""
+    from nucseg.io import read_yaml_mapping
 
-    from nucseg.io import InputError
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InputError(path, f"unreadable run file ({exc.__class__.__name__})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise InputError(path, "damaged run file: not a YAML mapping")
-    return data
+    return read_yaml_mapping(path, "run file")
 
 
 def _saved_settings(path, make, data):
@@ -219,8 +207,7 @@ def train_run(config, dataset, run_dir, options: TrainOptions, resume: bool = Fa
                 raise ValueError(f"{run_dir}/train.yaml does not say which data it trained on")
             from nucseg.data.dataset import Dataset
 
-            dataset = _saved_settings(run_dir / "train.yaml", Dataset.from_description,
-                                      {"description": saved_data})
+            dataset = _saved_settings(run_dir / "train.yaml", Dataset, saved_data)
     elif last is not None:
         raise FileExistsError(f"{run_dir} already holds checkpoints ({last[0].name}); use "
                               "--resume to continue it or choose a new run directory")

@@ -16,8 +16,8 @@ from nucseg.prediction.channels import ChannelSources, model_input
 from nucseg.cli import main
 from nucseg.io import read_labels, read_rgb, write_float_map, write_rgb
 from nucseg.prediction.members import Member
-from nucseg.prediction.predict import (PredictOptions, image_members, merge_from_paths,
-                                       predict_images)
+from nucseg.prediction.merge_saved import merge_from_paths
+from nucseg.prediction.predict import PredictOptions, image_members, predict_images
 from nucseg.prediction.tiling import detect_tiled, plan_tiles
 from nucseg.prediction.tta import View, make_views
 

@@ -10,7 +10,8 @@ import yaml
 
 from nucseg.io import read_labels, write_float_map, write_rgb
 from nucseg.metrics import score_pair
-from nucseg.prediction.predict import PredictOptions, merge_from_paths, predict_images
+from nucseg.prediction.merge_saved import merge_from_paths
+from nucseg.prediction.predict import PredictOptions, predict_images
 from nucseg.prediction.resolution import tile_resolution
 from nucseg.prediction.slides import SlideOptions
 

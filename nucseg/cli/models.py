@@ -84,25 +84,12 @@ def pack(model_path, unet_dir, name, info_yaml, thresholds_yaml, model_card, out
           --info info.yaml --thresholds thresholds.yaml --model-card MODEL.md \\
           -o nucseg/models/monuseg-r50
     """
-    import yaml
-
+    from nucseg.io import read_yaml_mapping
     from nucseg.model_files import resolve_model
     from nucseg.models.pack import pack_model
 
-    from pathlib import Path
-
-    from nucseg.io import InputError
-
     def read(path):
-        if path is None:
-            return {}
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise InputError(path, f"unreadable YAML ({exc.__class__.__name__})") from None
-        if not isinstance(data, dict):
-            raise InputError(path, "expected a YAML mapping")
-        return data
+        return read_yaml_mapping(path, "YAML mapping") if path is not None else {}
 
     spec = resolve_model(model_path)
     out = pack_model(spec.weights, spec.config, outdir, name, unet_dir, read(thresholds_yaml),

@@ -159,7 +159,7 @@ def merge(members, outdir, image_dir, hstain_dir, **merge_opts):
       nucseg merge pred/*_member*.npz -o merged/ --merge mask-nms
     """
     from nucseg.prediction.channels import ChannelSources
-    from nucseg.prediction.predict import merge_from_paths
+    from nucseg.prediction.merge_saved import merge_from_paths
 
     opts = _predict_options(**merge_opts)
     failures, total = merge_from_paths(members, outdir, opts, image_dir,

@@ -9,7 +9,8 @@ One module per step, in the order an image takes:
 - overlap.py     mask overlaps between members
 - merge.py       merging members (average vote, MASK-NMS, ...)
 - export.py      label maps, GeoJSON, CSV, overlays
-- predict.py     wires the above for a batch of tiles (`nucseg predict`, `nucseg merge`)
+- predict.py     wires the above for a batch of tiles (`nucseg predict`)
+- merge_saved.py saved member files merged later and written the same way (`nucseg merge`)
 - slides/        whole-slide images: reader, tissue, blocks, streamed outputs, resume
 - distributed.py the same work as Dask tasks (`--dask`)
 """
