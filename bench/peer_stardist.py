@@ -17,9 +17,9 @@ so its figures can be put beside the nucseg model's:
 The recipe (StarDist's own 2D training notebook with RGB input, every other setting at its
 0.9 default), the tuning-tile choice, the Keras 2 / Keras 3 choice and the figures measured
 here are in docs/peer-stardist.md. StarDist and its stack (tf-keras, csbdeep, numba) stay out
-of nucseg's environment: the worker runs in a virtual environment of its own, as a subprocess,
-and only plain files are exchanged (.npy tiles, JSON; no pickles; the held-out tiles' labels
-are never given to StarDist).
+of nucseg's environment: the worker (bench/stardist_worker.py) runs in a virtual environment
+of its own, as a subprocess, and only plain files are exchanged (.npy tiles, JSON; no
+pickles; the held-out tiles' labels are never given to StarDist).
 
 Create the venv once (CPU only, about 2.7 GB, outside the repository; the pip line pins the
 versions this script was checked with):
