@@ -110,3 +110,51 @@ def test_predict_runs_the_unet_and_mask_rcnn_in_one_call(data, detecting, tmp_pa
     assert record["merge"]["method"] == "mask-nms" and record["members"][1]["detections"] > 0
     merged = read_labels(tmp_path / "both" / "tile0_labels.tif")
     assert merged.max() >= 1 and (merged > 0).sum() >= (unet > 0).sum() * 0.9
+
+
+def test_multitask_predict_reads_a_slide_in_blocks_like_its_tile(data, detecting, tmp_path):
+    """A pyramidal TIFF goes through the slide block path: the slide outputs of `nucseg
+    predict`, with the nuclei the tile path finds on the same pixels; --resume skips it;
+    --mpp on a tile is one error line (tiles are not resampled here)."""
+    import gzip
+    import json
+
+    import cv2
+    import tifffile
+    from test_slides import write_pyramid
+
+    from nucseg.io import read_rgb, write_rgb
+
+    mosaic = np.concatenate([read_rgb(data / "images" / f"tile{k}.png") for k in range(3)], 1)
+    slide = write_pyramid(tmp_path / "scan.tif", mosaic, mpp=0.25, levels=2, tile=64)
+    write_rgb(tmp_path / "tiles" / "scan.png", mosaic)
+    tile = run_cli("predict", tmp_path / "tiles" / "scan.png", "-m", detecting,
+                   "-o", tmp_path / "tile_out", "--no-maps")
+    assert tile.exit_code == 0, tile.output
+    cv2.imwrite(str(tmp_path / "mask.png"), np.full((8, 36), 255, np.uint8))  # all tissue
+    result = run_cli("predict", slide, "-m", detecting, "-o", tmp_path / "out",
+                     "--tissue-mask", tmp_path / "mask.png")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "scan.geojson.gz", "scan_labels.tif", "scan_nuclei.csv", "scan_record.yaml",
+        "scan_thumbnail.png"]
+    record = yaml.safe_load((out / "scan_record.yaml").read_text())
+    assert record["models"][0]["run_dir"] == str(detecting)
+    assert record["models"][0]["watershed"]["min_area"] == 20
+    expected = read_labels(tmp_path / "tile_out" / "scan_labels.tif")
+    with tifffile.TiffFile(out / "scan_labels.tif") as tif:
+        labels = tif.pages[0].asarray()
+    assert labels.shape == expected.shape and expected.max() > 0
+    assert record["nuclei"] == expected.max() == labels.max()
+    assert ((labels > 0) == (expected > 0)).mean() > 0.99
+    with gzip.open(out / "scan.geojson.gz", "rt") as fh:
+        assert len(json.load(fh)["features"]) == record["nuclei"]
+    again = run_cli("predict", slide, "-m", detecting, "-o", out, "--resume")
+    assert again.exit_code == 0 and "1 of 1 image(s) already done" in again.output
+    bad = run_cli("predict", tmp_path / "tiles" / "scan.png", "-m", detecting,
+                  "-o", tmp_path / "bad", "--mpp", "0.5")
+    errors = [line for line in bad.output.splitlines() if line.startswith("error: ")]
+    assert bad.exit_code != 0 and "Traceback" not in bad.output, bad.output
+    assert errors and errors[0].startswith(f"error: {tmp_path / 'tiles' / 'scan.png'}: --mpp")
+    assert not list((tmp_path / "bad").glob("scan*"))

@@ -7,6 +7,7 @@ import click
 
 from nucseg.cli.common import (claims_outdir, finish_batch, friendly_errors, main,
                                require_inputs)
+from nucseg.cli.slides import slide_options
 
 
 @main.group("multitask")
@@ -240,11 +241,12 @@ def train(images, labels, run_dir, backbone, decoder_width, train_bn, init_backb
               help="NN of the member file name; `nucseg predict` numbers its members from 00, "
                    "and `nucseg merge` refuses two files with one name.")
 @click.option("--resume", is_flag=True, help="Skip images whose outputs are complete.")
+@slide_options
 @friendly_errors
 @claims_outdir("outdir")
 def predict(images, run_dir, weights, outdir, foreground_threshold, boundary_threshold,
             interior_threshold, min_marker_area, min_area, tile_size, margin, maps, geojson,
-            write_csv, keep_members, member_index, resume):
+            write_csv, keep_members, member_index, resume, slide_opts):
     """Probability maps and nuclei (watershed) of RGB tiles with a trained multi-task U-Net.
 
     Per image: <stem>_labels.tif, <stem>.geojson, <stem>_nuclei.csv, the three probability
@@ -252,16 +254,24 @@ def predict(images, run_dir, weights, outdir, foreground_threshold, boundary_thr
     reads the label maps; `nucseg merge --merge mask-nms` combines the member with Mask R-CNN
     members (use --min-members 1 to keep the nuclei only the U-Net found).
 
+    Slides (.svs .ndpi .mrxs .scn .bif, pyramidal or large TIFFs) are read in tissue blocks
+    at the model's pixel size, as `nucseg predict` reads them: <stem>.geojson.gz,
+    <stem>_nuclei.csv, a pyramidal <stem>_labels.tif, <stem>_thumbnail.png and the record
+    (no probability maps or member at slide size; docs/slides.md).
+
     \b
     Example:
       nucseg multitask predict tiles/ -m runs/mt -o mt_pred/ --keep-members
       nucseg merge mrcnn_pred/*_member*.npz mt_pred/*_member*.npz -o merged/ \\
           --merge mask-nms --min-members 1
+      nucseg multitask predict scan.svs -m runs/mt -o mt_slides/    # a whole slide
     """
-    from nucseg.io import expand_inputs, run_batch
+    from nucseg.io import IMAGE_EXTENSIONS, InputError, expand_inputs, run_batch
     from nucseg.multitask.files import load_run
-    from nucseg.multitask.predict import PredictSettings, is_complete, predict_image
+    from nucseg.multitask.predict import (PredictSettings, is_complete, predict_image,
+                                          predict_slide, slide_options_for)
     from nucseg.multitask.tune import watershed_options
+    from nucseg.prediction.slides import SLIDE_EXTENSIONS, is_slide, slide_done
     from nucseg.unet.predict import check_tiling
 
     check_tiling(tile_size, margin)
@@ -271,15 +281,31 @@ def predict(images, run_dir, weights, outdir, foreground_threshold, boundary_thr
         "min_area": min_area})
     settings = PredictSettings(watershed, tile_size, margin, maps, keep_members, member_index,
                                geojson, write_csv)
-    files = require_inputs(expand_inputs(images), "images")
-    todo = [f for f in files if not (resume and is_complete(outdir, f.stem, settings))]
+    files = require_inputs(expand_inputs(images, IMAGE_EXTENSIONS + SLIDE_EXTENSIONS), "images")
+    slides = {f for f in files if is_slide(f)}
+    resampling = slide_opts.pixel_size() is not None
+    slide_settings = slide_options_for(settings, resume)
+
+    def done(f) -> bool:
+        return resume and (slide_done(outdir, f, slide_settings) if f in slides
+                           else is_complete(outdir, f.stem, settings))
+
+    def predict_one(f):
+        if f in slides:
+            return predict_slide(f, loaded, outdir, settings, slide_opts, resume)
+        if resampling:
+            raise InputError(f, "--mpp / --magnification apply to slides here; tiles are "
+                                "read at their own pixel size (`nucseg predict -m RUN` "
+                                "resamples tiles)")
+        return predict_image(f, loaded, outdir, settings)
+
+    todo = [f for f in files if not done(f)]
     if len(todo) < len(files):
         click.echo(f"resume: {len(files) - len(todo)} of {len(files)} image(s) already done")
     failures = []
     if todo:
         loaded = load_run(run_dir, weights)
-        failures = run_batch(todo, lambda f: predict_image(f, loaded, outdir, settings),
-                             desc="multitask predict")
+        failures = run_batch(todo, predict_one, desc="multitask predict")
     click.echo(f"predicted {len(todo) - len(failures)} of {len(todo)} image(s) into {outdir}")
     finish_batch(failures, len(files))
 

@@ -211,3 +211,31 @@ def is_complete(outdir, stem: str, settings: PredictSettings) -> bool:
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     return all((Path(outdir) / name).is_file() for name in record.get("outputs", []))
+
+
+def slide_options_for(settings: PredictSettings, resume: bool = False):
+    """The nucseg.prediction.PredictOptions of a slide: one member (the U-Net), its nuclei
+    kept down to the watershed's --min-area, the tile outputs' GeoJSON / CSV choices."""
+    from nucseg.prediction.predict import PredictOptions
+
+    return PredictOptions(min_area=settings.watershed.min_area, geojson=settings.geojson,
+                          csv=settings.csv, resume=resume)
+
+
+def predict_slide(slide_path, loaded, outdir, settings: PredictSettings, slide_opts=None,
+                  resume: bool = False) -> dict:
+    """One slide through nucseg's block path (nucseg.prediction.slides, docs/slides.md) with
+    the U-Net + watershed as its detector: the slide outputs of `nucseg predict` (GeoJSON.gz,
+    CSV, pyramidal labels, thumbnail, record). No probability maps or member: at slide size
+    they would outweigh the labels, and `merge` takes tiles."""
+    from nucseg.io import sha256
+    from nucseg.multitask.detector import MultitaskDetector
+    from nucseg.prediction.slides import predict_slide as predict_in_blocks
+
+    detector = MultitaskDetector(loaded, settings.watershed, tile_size=settings.tile_size,
+                                 margin=settings.margin)
+    model = {"name": loaded.name, "run_dir": str(loaded.run_dir), "weights": str(loaded.weights),
+             "weights_sha256": sha256(loaded.weights), "watershed": asdict(settings.watershed),
+             "network": loaded.config.network.to_dict()}
+    return predict_in_blocks(slide_path, [detector], outdir, slide_options_for(settings, resume),
+                             models=[model], slide_opts=slide_opts)
