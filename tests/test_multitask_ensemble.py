@@ -158,3 +158,28 @@ def test_multitask_predict_reads_a_slide_in_blocks_like_its_tile(data, detecting
     assert bad.exit_code != 0 and "Traceback" not in bad.output, bad.output
     assert errors and errors[0].startswith(f"error: {tmp_path / 'tiles' / 'scan.png'}: --mpp")
     assert not list((tmp_path / "bad").glob("scan*"))
+
+
+def test_min_confidence_keeps_exactly_the_surer_nuclei(data, detecting, tmp_path):
+    """`multitask predict --min-confidence S`: the nuclei scoring >= S, ids still by score, in
+    the labels, the member and the record (what an ensemble takes from the U-Net)."""
+    from nucseg.prediction.members import load_member
+
+    tile = data / "images" / "tile0.png"
+    result = run_cli("predict", tile, "-m", detecting, "-o", tmp_path / "all", "--no-maps",
+                     "--keep-members")
+    assert result.exit_code == 0, result.output
+    labels = read_labels(tmp_path / "all" / "tile0_labels.tif")
+    scores = load_member(tmp_path / "all" / "tile0_member99.npz").scores
+    cut = float(np.sort(scores)[len(scores) // 2])
+    kept = int((scores >= cut).sum())
+    assert 0 < kept < len(scores)
+    result = run_cli("predict", tile, "-m", detecting, "-o", tmp_path / "sure", "--no-maps",
+                     "--keep-members", "--min-confidence", cut)
+    assert result.exit_code == 0, result.output
+    sure = read_labels(tmp_path / "sure" / "tile0_labels.tif")
+    assert sure.max() == kept and np.array_equal(sure, np.where(labels <= kept, labels, 0))
+    member = load_member(tmp_path / "sure" / "tile0_member99.npz")
+    assert len(member) == kept and (member.scores >= cut).all()
+    record = yaml.safe_load((tmp_path / "sure" / "tile0_record.yaml").read_text())
+    assert record["options"]["min_confidence"] == cut

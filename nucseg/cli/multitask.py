@@ -225,6 +225,9 @@ def train(images, labels, run_dir, backbone, decoder_width, train_bn, init_backb
               help="Smaller marker parts are dropped as noise (px).")
 @click.option("--min-area", type=click.IntRange(1), default=20, show_default=True,
               help="Remove nuclei smaller than this (px).")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Drop nuclei whose mean foreground probability (their score) is lower; "
+                   "e.g. to add only the U-Net's surer nuclei to a Mask R-CNN ensemble.")
 @click.option("--tile-size", type=click.IntRange(32), default=1024, show_default=True,
               help="Larger images are predicted in tiles (multiple of 32).")
 @click.option("--margin", type=click.IntRange(0), default=64, show_default=True,
@@ -245,8 +248,8 @@ def train(images, labels, run_dir, backbone, decoder_width, train_bn, init_backb
 @friendly_errors
 @claims_outdir("outdir")
 def predict(images, run_dir, weights, outdir, foreground_threshold, boundary_threshold,
-            interior_threshold, min_marker_area, min_area, tile_size, margin, maps, geojson,
-            write_csv, keep_members, member_index, resume, slide_opts):
+            interior_threshold, min_marker_area, min_area, min_confidence, tile_size, margin,
+            maps, geojson, write_csv, keep_members, member_index, resume, slide_opts):
     """Probability maps and nuclei (watershed) of RGB tiles with a trained multi-task U-Net.
 
     Per image: <stem>_labels.tif, <stem>.geojson, <stem>_nuclei.csv, the three probability
@@ -280,7 +283,7 @@ def predict(images, run_dir, weights, outdir, foreground_threshold, boundary_thr
         "t_interior": interior_threshold, "min_marker_area": min_marker_area,
         "min_area": min_area})
     settings = PredictSettings(watershed, tile_size, margin, maps, keep_members, member_index,
-                               geojson, write_csv)
+                               geojson, write_csv, min_confidence)
     files = require_inputs(expand_inputs(images, IMAGE_EXTENSIONS + SLIDE_EXTENSIONS), "images")
     slides = {f for f in files if is_slide(f)}
     resampling = slide_opts.pixel_size() is not None

@@ -52,12 +52,12 @@ class MultitaskDetector:
         for image in images:
             maps = predict_maps(self.loaded, np.ascontiguousarray(image[..., :3]),
                                 self.tile_size, self.margin)
-            nuclei = scored_nuclei(instances(maps, self.watershed), maps[..., 0])
-            keep = np.flatnonzero(nuclei.scores >= self.config.DETECTION_MIN_CONFIDENCE)
+            nuclei = scored_nuclei(instances(maps, self.watershed), maps[..., 0],
+                                   self.config.DETECTION_MIN_CONFIDENCE)
             results.append({
-                "rois": nuclei.rois[keep].reshape(-1, 4),
-                "scores": nuclei.scores[keep],
-                "class_ids": nuclei.class_ids[keep],
-                "masks": [(nuclei.labels[y1:y2, x1:x2] == k + 1).astype(np.float32)
-                          for k, (y1, x1, y2, x2) in zip(keep, nuclei.rois[keep])]})
+                "rois": nuclei.rois.reshape(-1, 4),
+                "scores": nuclei.scores,
+                "class_ids": nuclei.class_ids,
+                "masks": [(nuclei.labels[y1:y2, x1:x2] == k).astype(np.float32)
+                          for k, (y1, x1, y2, x2) in enumerate(nuclei.rois, start=1)]})
         return results

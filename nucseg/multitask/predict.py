@@ -93,9 +93,10 @@ def instances(maps: np.ndarray, opts: WatershedOptions | None = None) -> np.ndar
     return labels
 
 
-def scored_nuclei(labels: np.ndarray, fg_p: np.ndarray):
+def scored_nuclei(labels: np.ndarray, fg_p: np.ndarray, min_score: float = 0.0):
     """A nucseg.prediction.merge.Merged of the instances: score = mean foreground probability inside,
-    agreement 1, ids renumbered 1..K by descending score (as `nucseg predict` orders them)."""
+    agreement 1, ids renumbered 1..K by descending score (as `nucseg predict` orders them).
+    Instances scoring under `min_score` are dropped (--min-confidence)."""
     from scipy import ndimage
 
     from nucseg.io import label_dtype
@@ -104,6 +105,8 @@ def scored_nuclei(labels: np.ndarray, fg_p: np.ndarray):
     ids = np.unique(labels[labels > 0])
     scores = (np.asarray(ndimage.mean(fg_p, labels, ids), np.float32) if len(ids)
               else np.zeros(0, np.float32))
+    keep = scores >= min_score
+    ids, scores = ids[keep], scores[keep]
     order = np.lexsort((ids, -scores))
     remap = np.zeros(int(labels.max()) + 1, np.int64)
     remap[ids[order]] = np.arange(1, len(ids) + 1)
@@ -154,6 +157,7 @@ class PredictSettings:
     member_index: int = 99             # predict numbers its members from 00
     geojson: bool = True
     csv: bool = True
+    min_confidence: float = 0.0        # nuclei with a lower mean foreground probability go
 
     def to_dict(self) -> dict:
         return {**asdict(self), "watershed": asdict(self.watershed)}
@@ -172,7 +176,8 @@ def predict_image(image_path, loaded, outdir, settings: PredictSettings) -> dict
     rgb = read_rgb(image_path)
     maps = predict_maps(loaded, rgb, settings.tile_size, settings.margin)
     t_net = time.perf_counter() - start
-    merged = scored_nuclei(instances(maps, settings.watershed), maps[..., 0])
+    merged = scored_nuclei(instances(maps, settings.watershed), maps[..., 0],
+                           settings.min_confidence)
     files = output_files(outdir, image_path.stem, settings.maps, settings.keep_member,
                          settings.member_index, settings.geojson, settings.csv)
     write_labels(files["labels"], merged.labels)
@@ -232,8 +237,8 @@ def predict_slide(slide_path, loaded, outdir, settings: PredictSettings, slide_o
     from nucseg.multitask.detector import MultitaskDetector
     from nucseg.prediction.slides import predict_slide as predict_in_blocks
 
-    detector = MultitaskDetector(loaded, settings.watershed, tile_size=settings.tile_size,
-                                 margin=settings.margin)
+    detector = MultitaskDetector(loaded, settings.watershed, settings.min_confidence,
+                                 tile_size=settings.tile_size, margin=settings.margin)
     model = {"name": loaded.name, "run_dir": str(loaded.run_dir), "weights": str(loaded.weights),
              "weights_sha256": sha256(loaded.weights), "watershed": asdict(settings.watershed),
              "network": loaded.config.network.to_dict()}
