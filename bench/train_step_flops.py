@@ -71,6 +71,10 @@ def forward_macs(model, batch) -> tuple[dict, dict]:
                     layer.padding)] += 1
         return float(np.prod(y.shape[:-1])) * y.shape[-1] * kh * kw * x.shape[-1]
 
+    def window_conv(layer, x, y):     # the box head's convolutions, run as matrix products
+        kh, kw = layer.kernel_size
+        return float(np.prod(y.shape[:-1])) * y.shape[-1] * kh * kw * x.shape[-1]
+
     def conv_transpose(layer, x, y):
         kh, kw = layer.kernel_size
         return float(np.prod(x.shape[:-1])) * x.shape[-1] * kh * kw * y.shape[-1]
@@ -78,8 +82,10 @@ def forward_macs(model, batch) -> tuple[dict, dict]:
     def dense(layer, x, y):
         return float(np.prod(x.shape[:-1])) * x.shape[-1] * y.shape[-1]
 
-    patches = [counting(KL.Conv2D, conv), counting(KL.Conv2DTranspose, conv_transpose),
-               counting(KL.Dense, dense)]
+    from nucseg.mrcnn.heads import WindowConv2D
+
+    patches = [counting(KL.Conv2D, conv), counting(WindowConv2D, window_conv),
+               counting(KL.Conv2DTranspose, conv_transpose), counting(KL.Dense, dense)]
     try:
         for cls, _, call in patches:
             cls.call = call
