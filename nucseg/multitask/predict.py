@@ -157,16 +157,25 @@ class PredictSettings:
     member_index: int = 99             # predict numbers its members from 00
     geojson: bool = True
     csv: bool = True
-    min_confidence: float = 0.0        # nuclei with a lower mean foreground probability go
+    min_confidence: float = 0.0        # drop nuclei with a lower mean foreground probability
 
     def to_dict(self) -> dict:
         return {**asdict(self), "watershed": asdict(self.watershed)}
 
 
+def model_entry(loaded) -> dict:
+    """What a record says of the run that predicted: run, weights and checksum, network."""
+    from nucseg.io import sha256
+
+    return {"run_dir": str(loaded.run_dir), "weights": str(loaded.weights),
+            "weights_sha256": sha256(loaded.weights), "name": loaded.name,
+            "network": loaded.config.network.to_dict()}
+
+
 def predict_image(image_path, loaded, outdir, settings: PredictSettings) -> dict:
     """Predict one tile and write its files (the record last); returns the record."""
     from nucseg.prediction.export import write_geojson, write_nuclei_csv
-    from nucseg.io import make_record, read_rgb, sha256, write_float_map, write_labels, \
+    from nucseg.io import make_record, read_rgb, write_float_map, write_labels, \
         write_record
     from nucseg.prediction.members import save_member
     from nucseg.stain import hematoxylin
@@ -192,9 +201,7 @@ def predict_image(image_path, loaded, outdir, settings: PredictSettings) -> dict
         save_member(files["member"], as_member(merged, loaded.name, str(image_path)))
     record = make_record(
         "multitask predict", inputs=[image_path], checksums=True, options=settings.to_dict(),
-        model={"run_dir": str(loaded.run_dir), "weights": str(loaded.weights),
-               "weights_sha256": sha256(loaded.weights), "name": loaded.name,
-               "network": loaded.config.network.to_dict()},
+        model=model_entry(loaded),
         image_shape=list(rgb.shape[:2]), nuclei=len(merged),
         outputs=[p.name for key, p in files.items() if key != "record"],
         timings_seconds={"network": round(t_net, 3),
@@ -233,14 +240,11 @@ def predict_slide(slide_path, loaded, outdir, settings: PredictSettings, slide_o
     the U-Net + watershed as its detector: the slide outputs of `nucseg predict` (GeoJSON.gz,
     CSV, pyramidal labels, thumbnail, record). No probability maps or member: at slide size
     they would outweigh the labels, and `merge` takes tiles."""
-    from nucseg.io import sha256
     from nucseg.multitask.detector import MultitaskDetector
     from nucseg.prediction.slides import predict_slide as predict_in_blocks
 
     detector = MultitaskDetector(loaded, settings.watershed, settings.min_confidence,
                                  tile_size=settings.tile_size, margin=settings.margin)
-    model = {"name": loaded.name, "run_dir": str(loaded.run_dir), "weights": str(loaded.weights),
-             "weights_sha256": sha256(loaded.weights), "watershed": asdict(settings.watershed),
-             "network": loaded.config.network.to_dict()}
+    model = {**model_entry(loaded), "watershed": asdict(settings.watershed)}
     return predict_in_blocks(slide_path, [detector], outdir, slide_options_for(settings, resume),
                              models=[model], slide_opts=slide_opts)
