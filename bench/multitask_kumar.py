@@ -16,7 +16,11 @@ Steps, each a nucseg command (logged as the line that does the same) or library 
 3. `nucseg multitask predict` of the test tiles with them: labels and member files;
 4. `nucseg predict` of the Mask R-CNN+ model on the test tiles, members kept, with the
    settings chosen on the training tiles (`--mrcnn-thresholds`; else the run's defaults);
-5. `nucseg merge --merge mask-nms --min-members 1` of both members;
+5. `nucseg merge --merge mask-nms --min-members 1` of both members, and of the Mask R-CNN+
+   member alone (the control: the merge's --min-area without the U-Net);
+   with `--ensemble-min-confidences`, also the ensemble whose U-Net member keeps only nuclei
+   of at least the mean foreground probability chosen on the training tiles (best mean AJI of
+   the ensemble there; needs `--mrcnn-train-distance-dir`);
 6. the table (means over test tiles; recalls pooled over tiles), the U-Net's training step time
    and each model's predict seconds per tile (from the records). Exit 0.
 """
@@ -83,6 +87,50 @@ def seconds_per_tile(folder: Path) -> float:
     return float(np.median(times)) if times else float("nan")
 
 
+def confident_members(source: Path, target: Path, min_score: float) -> Path:
+    """Copies of the U-Net member files keeping nuclei scoring >= min_score (what `nucseg
+    multitask predict --min-confidence` keeps: scores are the mean foreground probability)."""
+    from nucseg.prediction.members import load_member, save_member
+
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.glob("*.npz")):
+        member = load_member(path)
+        save_member(target / path.name, member.subset(member.scores >= min_score))
+    return target
+
+
+def merge_members(mrcnn_dir: Path, unet_dir: Path | None, out: Path, min_area: int) -> Path:
+    """`nucseg merge --merge mask-nms --min-members 1`; without unet_dir the Mask R-CNN+ member
+    alone through the same merge (the control: what the merge's --min-area does by itself)."""
+    unet = sorted(unet_dir.glob("*.npz")) if unet_dir else []
+    run("merge", *sorted(mrcnn_dir.glob("*_member00.npz")), *unet,
+        "--merge", "mask-nms", "--min-members", 1, "--min-area", min_area,
+        "-o", out, "--no-csv", "--no-geojson")
+    return out
+
+
+def choose_min_confidence(args, mt: Path, out: Path, tuned: list, min_area: int,
+                          values: list[float]) -> tuple[float, dict]:
+    """The U-Net member's min confidence giving the best mean ensemble AJI on the training
+    tiles (both models predicted there as on the test tiles)."""
+    run("multitask", "predict", args.train_images, "-m", mt, "-o", out / "mt_train",
+        "--no-geojson", "--no-csv", "--keep-members", "--resume")
+    run("predict", args.train_images, "-m", args.mrcnn, "--distance-dir",
+        args.mrcnn_train_distance_dir, *tuned, "--keep-members", "-o", out / "mrcnn_train",
+        "--resume")
+    truth = truth_files(Path(args.train_labels))
+    aji = {}
+    for value in values:
+        kept = confident_members(out / "mt_train", out / f"mt_train_c{value:g}", value)
+        merged = merge_members(out / "mrcnn_train", kept, out / f"ensemble_train_c{value:g}",
+                               min_area)
+        aji[value] = score(truth, label_files(merged, "_labels.tif"))["aji"]
+        print(f"training tiles: U-Net min confidence {value:g}: ensemble mean AJI "
+              f"{aji[value]:.3f}", flush=True)
+    best = max(values, key=lambda v: (round(aji[v], 4), -v))   # ties: keep more U-Net nuclei
+    return best, aji
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for name in ("train-images", "train-labels", "test-images", "test-labels"):
@@ -101,7 +149,14 @@ def main() -> int:
     parser.add_argument("--mrcnn-thresholds", help="YAML of the Mask R-CNN+ settings chosen on "
                         "the training tiles (bench/shipped_model.py --write-thresholds): "
                         "min_confidence, mask_threshold_one_pass")
+    parser.add_argument("--ensemble-min-confidences",
+                        help="e.g. 0,0.5,0.6,0.7: choose the U-Net member's min confidence "
+                             "for the ensemble on the training tiles")
+    parser.add_argument("--mrcnn-train-distance-dir",
+                        help="<stem>_dist.tif maps of the training tiles (for the choice)")
     args = parser.parse_args()
+    if args.ensemble_min_confidences and not args.mrcnn_train_distance_dir:
+        parser.error("--ensemble-min-confidences needs --mrcnn-train-distance-dir")
 
     from nucseg.multitask.tune import watershed_options
 
@@ -140,13 +195,20 @@ def main() -> int:
     run("predict", args.test_images, "-m", args.mrcnn, *distance, *tuned, "--keep-members",
         "-o", out / "mrcnn", "--resume")
     mrcnn_seconds = (time.perf_counter() - t0) / max(len(test_truth), 1)
-    run("merge", *sorted((out / "mrcnn").glob("*_member00.npz")), *sorted(members.glob("*.npz")),
-        "--merge", "mask-nms", "--min-members", 1, "--min-area", chosen.min_area,
-        "-o", out / "ensemble", "--no-csv", "--no-geojson")
+    merge_members(out / "mrcnn", members, out / "ensemble", chosen.min_area)
     results = {
         "U-Net + watershed": score(test_truth, label_files(unet_dir, "_labels.tif")),
         "Mask R-CNN+": score(test_truth, label_files(out / "mrcnn", "_labels.tif")),
         "MASK-NMS ensemble": score(test_truth, label_files(out / "ensemble", "_labels.tif"))}
+    alone = merge_members(out / "mrcnn", None, out / "mrcnn_merged_alone", chosen.min_area)
+    results["Mask R-CNN+ merged alone"] = score(test_truth, label_files(alone, "_labels.tif"))
+    if args.ensemble_min_confidences:
+        values = [float(v) for v in args.ensemble_min_confidences.split(",")]
+        best, _ = choose_min_confidence(args, mt, out, tuned, chosen.min_area, values)
+        kept = confident_members(unet_dir, out / f"mt_test_c{best:g}", best)
+        merged = merge_members(out / "mrcnn", kept, out / f"ensemble_c{best:g}", chosen.min_area)
+        results[f"ensemble, U-Net >= {best:g}"] = score(test_truth,
+                                                         label_files(merged, "_labels.tif"))
     steps = [float(r["seconds"]) for r in log]
     print(f"\nmulti-task U-Net ({mt}): {len(log)} epochs, median epoch {np.median(steps):.1f} s;"
           f" thresholds chosen on the training tiles: foreground {chosen.t_foreground}, "
