@@ -115,9 +115,13 @@ def choose_min_confidence(args, mt: Path, out: Path, tuned: list, min_area: int,
     tiles (both models predicted there as on the test tiles)."""
     run("multitask", "predict", args.train_images, "-m", mt, "-o", out / "mt_train",
         "--no-geojson", "--no-csv", "--keep-members", "--resume")
-    run("predict", args.train_images, "-m", args.mrcnn, "--distance-dir",
-        args.mrcnn_train_distance_dir, *tuned, "--keep-members", "-o", out / "mrcnn_train",
-        "--resume")
+    if args.mrcnn_train_members:    # a pass at a lower confidence, cut here to the chosen one
+        confident_members(Path(args.mrcnn_train_members), out / "mrcnn_train",
+                          float(tuned[1]) if tuned else 0.0)
+    else:
+        run("predict", args.train_images, "-m", args.mrcnn, "--distance-dir",
+            args.mrcnn_train_distance_dir, *tuned, "--keep-members", "-o", out / "mrcnn_train",
+            "--resume")
     truth = truth_files(Path(args.train_labels))
     aji = {}
     for value in values:
@@ -154,9 +158,15 @@ def main() -> int:
                              "for the ensemble on the training tiles")
     parser.add_argument("--mrcnn-train-distance-dir",
                         help="<stem>_dist.tif maps of the training tiles (for the choice)")
+    parser.add_argument("--mrcnn-train-members",
+                        help="or: Mask R-CNN+ members of the training tiles from one pass at a "
+                             "lower min confidence (bench/shipped_model.py's one_pass/), kept "
+                             "here at the chosen one (the same as detecting at it)")
     args = parser.parse_args()
-    if args.ensemble_min_confidences and not args.mrcnn_train_distance_dir:
-        parser.error("--ensemble-min-confidences needs --mrcnn-train-distance-dir")
+    if args.ensemble_min_confidences and not (args.mrcnn_train_distance_dir
+                                              or args.mrcnn_train_members):
+        parser.error("--ensemble-min-confidences needs --mrcnn-train-distance-dir or "
+                     "--mrcnn-train-members")
 
     from nucseg.multitask.tune import watershed_options
 
