@@ -20,7 +20,7 @@ Steps, each a nucseg command (logged as the line that does the same) or library 
    member alone (the control: the merge's --min-area without the U-Net);
    with `--ensemble-min-confidences`, also the ensemble whose U-Net member keeps only nuclei
    of at least the mean foreground probability chosen on the training tiles (best mean AJI of
-   the ensemble there; needs `--mrcnn-train-distance-dir`);
+   the ensemble there; needs `--mrcnn-train-members` or `--mrcnn-train-distance-dir`);
 6. the table (means over test tiles; recalls pooled over tiles), the U-Net's training step time
    and each model's predict seconds per tile (from the records). Exit 0.
 """
@@ -88,8 +88,9 @@ def seconds_per_tile(folder: Path) -> float:
 
 
 def confident_members(source: Path, target: Path, min_score: float) -> Path:
-    """Copies of the U-Net member files keeping nuclei scoring >= min_score (what `nucseg
-    multitask predict --min-confidence` keeps: scores are the mean foreground probability)."""
+    """Copies of the member files in source keeping detections scoring >= min_score: for the
+    U-Net what `nucseg multitask predict --min-confidence` keeps (scores are the mean
+    foreground probability), for Mask R-CNN+ what detecting at that confidence keeps."""
     from nucseg.prediction.members import load_member, save_member
 
     target.mkdir(parents=True, exist_ok=True)
@@ -109,15 +110,15 @@ def merge_members(mrcnn_dir: Path, unet_dir: Path | None, out: Path, min_area: i
     return out
 
 
-def choose_min_confidence(args, mt: Path, out: Path, tuned: list, min_area: int,
-                          values: list[float]) -> tuple[float, dict]:
+def choose_min_confidence(args, mt: Path, out: Path, tuned: list, mrcnn_min_confidence: float,
+                          min_area: int, values: list[float]) -> float:
     """The U-Net member's min confidence giving the best mean ensemble AJI on the training
     tiles (both models predicted there as on the test tiles)."""
     run("multitask", "predict", args.train_images, "-m", mt, "-o", out / "mt_train",
         "--no-geojson", "--no-csv", "--keep-members", "--resume")
     if args.mrcnn_train_members:    # a pass at a lower confidence, cut here to the chosen one
         confident_members(Path(args.mrcnn_train_members), out / "mrcnn_train",
-                          float(tuned[1]) if tuned else 0.0)
+                          mrcnn_min_confidence)
     else:
         run("predict", args.train_images, "-m", args.mrcnn, "--distance-dir",
             args.mrcnn_train_distance_dir, *tuned, "--keep-members", "-o", out / "mrcnn_train",
@@ -131,8 +132,7 @@ def choose_min_confidence(args, mt: Path, out: Path, tuned: list, min_area: int,
         aji[value] = score(truth, label_files(merged, "_labels.tif"))["aji"]
         print(f"training tiles: U-Net min confidence {value:g}: ensemble mean AJI "
               f"{aji[value]:.3f}", flush=True)
-    best = max(values, key=lambda v: (round(aji[v], 4), -v))   # ties: keep more U-Net nuclei
-    return best, aji
+    return max(values, key=lambda v: (round(aji[v], 4), -v))   # ties: keep more U-Net nuclei
 
 
 def main() -> int:
@@ -167,6 +167,8 @@ def main() -> int:
                                               or args.mrcnn_train_members):
         parser.error("--ensemble-min-confidences needs --mrcnn-train-distance-dir or "
                      "--mrcnn-train-members")
+    if args.mrcnn_train_members and not args.mrcnn_thresholds:
+        parser.error("--mrcnn-train-members needs --mrcnn-thresholds (the confidence to cut at)")
 
     from nucseg.multitask.tune import watershed_options
 
@@ -194,13 +196,14 @@ def main() -> int:
     members = unet_dir
     distance = (["--distance-dir", args.mrcnn_distance_dir] if args.mrcnn_distance_dir
                 else ["--distance-model", args.distance_model])
-    tuned = []
+    tuned, mrcnn_min_confidence = [], 0.0
     if args.mrcnn_thresholds:
         import yaml
 
         settings = yaml.safe_load(Path(args.mrcnn_thresholds).read_text())
         tuned = ["--min-confidence", settings["min_confidence"],
                  "--mask-threshold", settings["mask_threshold_one_pass"]]
+        mrcnn_min_confidence = float(settings["min_confidence"])
     t0 = time.perf_counter()
     run("predict", args.test_images, "-m", args.mrcnn, *distance, *tuned, "--keep-members",
         "-o", out / "mrcnn", "--resume")
@@ -214,7 +217,8 @@ def main() -> int:
     results["Mask R-CNN+ merged alone"] = score(test_truth, label_files(alone, "_labels.tif"))
     if args.ensemble_min_confidences:
         values = [float(v) for v in args.ensemble_min_confidences.split(",")]
-        best, _ = choose_min_confidence(args, mt, out, tuned, chosen.min_area, values)
+        best = choose_min_confidence(args, mt, out, tuned, mrcnn_min_confidence,
+                                     chosen.min_area, values)
         kept = confident_members(unet_dir, out / f"mt_test_c{best:g}", best)
         merged = merge_members(out / "mrcnn", kept, out / f"ensemble_c{best:g}", chosen.min_area)
         results[f"ensemble, U-Net >= {best:g}"] = score(test_truth,
